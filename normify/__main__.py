@@ -1,0 +1,3 @@
+from normify.cli import main
+
+main()

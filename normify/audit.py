@@ -1,0 +1,198 @@
+"""Which dense, conv and recurrent layers are normalized, by what, and where.
+
+Audit reads a `Graph` only, so it needs no backend when the graph came from a file.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from normify import kinds
+from normify.flow import Flow, build_flow
+from normify.graph import Graph, walk_layers
+
+PRE = "pre-activation"
+POST = "post-activation"
+
+
+@dataclass(frozen=True)
+class AuditRow:
+    """One dense, conv or rnn layer (all its call sites together)."""
+
+    path: str
+    class_name: str
+    kind: str
+    activation: str | None
+    normalized: bool
+    norm: str | None
+    norm_layer: str | None
+    position: str | None
+    output: bool
+    calls: int
+
+    def to_json(self) -> dict[str, Any]:
+        row = asdict(self)
+        row["class"] = row.pop("class_name")
+        return {key: row[key] for key in JSON_ROW_KEYS}
+
+
+JSON_ROW_KEYS = (
+    "path", "class", "kind", "activation", "normalized", "norm", "norm_layer",
+    "position", "output", "calls",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Violation:
+    path: str
+    kind: str
+    required: str
+    found: str | None
+
+
+@dataclass
+class AuditReport:
+    """The audit of one model: rows, per-kind summary, norm layer counts, opaque parts."""
+
+    model: str
+    rows: list[AuditRow]
+    norm_layers: dict[str, int]
+    opaque: list[dict[str, str]] = field(default_factory=list)
+
+    @property
+    def summary(self) -> dict[str, dict[str, int]]:
+        summary = {kind: {"total": 0, "normalized": 0} for kind in kinds.TARGET_KINDS}
+        for row in self.rows:
+            summary[row.kind]["total"] += 1
+            summary[row.kind]["normalized"] += int(row.normalized)
+        return summary
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "layers": [row.to_json() for row in self.rows],
+            "summary": self.summary,
+            "norm_layers": dict(self.norm_layers),
+            "opaque": list(self.opaque),
+        }
+
+    def violations(self, requirements: dict[str, str], strict: bool = False) -> list[Violation]:
+        """Rows that break `requirements` (kind -> norm short name or `any`).
+
+        Output layers are exempt unless `strict`.
+        """
+        found = []
+        for row in self.rows:
+            required = requirements.get(row.kind)
+            if required is None or (row.output and not strict):
+                continue
+            if required == "any":
+                ok = row.normalized
+            else:
+                ok = row.normalized and row.norm == kinds.NORM_NAMES[required]
+            if not ok:
+                found.append(Violation(row.path, row.kind, required, row.norm))
+        return found
+
+
+def audit_graph(graph: Graph, model_name: str | None = None) -> AuditReport:
+    flow = build_flow(graph)
+    return AuditReport(
+        model=model_name or graph.name,
+        rows=audit_rows(graph, flow),
+        norm_layers=_norm_layer_counts(graph),
+        opaque=_opaque_parts(graph),
+    )
+
+
+def audit_rows(graph: Graph, flow: Flow | None = None) -> list[AuditRow]:
+    flow = flow or build_flow(graph)
+    rows = []
+    for path, sites in flow.sites_by_path().items():
+        spec = sites[0].spec
+        if spec.kind not in kinds.TARGET_KINDS:
+            continue
+        findings = [flow.norm_after(site) for site in sites]
+        normalized = all(finding is not None for finding in findings)
+        first = findings[0] if normalized else None
+        position = None
+        if first is not None:
+            own_activation = kinds.has_nonlinear_activation(spec.class_name, spec.config)
+            position = POST if own_activation or first.through_activation or (
+                spec.kind == kinds.RNN
+            ) else PRE
+        rows.append(
+            AuditRow(
+                path=path,
+                class_name=spec.class_name,
+                kind=spec.kind,
+                activation=kinds.activation_name(spec.class_name, spec.config),
+                normalized=normalized,
+                norm=first.class_name if first else None,
+                norm_layer=first.path if first else None,
+                position=position,
+                output=any(flow.reaches_output(site) for site in sites),
+                calls=len(sites),
+            )
+        )
+    return rows
+
+
+def _norm_layer_counts(graph: Graph) -> dict[str, int]:
+    counts = Counter(
+        spec.class_name for _, spec, _ in walk_layers(graph) if spec.kind == kinds.NORM
+    )
+    return dict(sorted(counts.items()))
+
+
+def _opaque_parts(graph: Graph) -> list[dict[str, str]]:
+    parts = []
+    if graph.opaque_reason:
+        parts.append({"path": graph.name, "class": graph.class_name, "reason": graph.opaque_reason})
+    for path, spec, _ in walk_layers(graph):
+        if spec.opaque_reason:
+            parts.append({"path": path, "class": spec.class_name, "reason": spec.opaque_reason})
+        elif spec.kind == kinds.OTHER and not kinds.is_builtin(spec.module):
+            parts.append(
+                {"path": path, "class": spec.class_name, "reason": "custom layer: insides unknown"}
+            )
+    return parts
+
+
+# ------------------------------------------------------------------------------ rendering
+
+
+def render_table(report: AuditReport, console: Any) -> None:
+    """Print the audit as a rich table, then the per-kind summary."""
+    from rich.table import Table
+
+    table = Table(title=f"normify audit: {report.model}", title_justify="left")
+    for column in ("layer", "class", "activation", "normalized", "norm layer", "position"):
+        table.add_column(column)
+    table.add_column("output")
+    table.add_column("calls", justify="right")
+    for row in report.rows:
+        norm = f"{row.norm_layer} ({row.norm})" if row.normalized else "-"
+        table.add_row(
+            row.path,
+            row.class_name,
+            row.activation or "-",
+            "yes" if row.normalized else "no",
+            norm,
+            row.position or "-",
+            "yes" if row.output else "",
+            str(row.calls),
+        )
+    console.print(table)
+    for kind, counts in report.summary.items():
+        if counts["total"]:
+            console.print(f"{kind} {counts['normalized']}/{counts['total']} normalized")
+    if report.norm_layers:
+        listed = ", ".join(f"{name} {count}" for name, count in report.norm_layers.items())
+        console.print(f"norm layers: {listed}")
+    else:
+        console.print("norm layers: none")
+    for part in report.opaque:
+        console.print(f"opaque: {part['path']} ({part['class']}): {part['reason']}")

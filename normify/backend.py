@@ -1,0 +1,66 @@
+"""Importing Keras quietly.
+
+TensorFlow writes absl, oneDNN and CPU-feature notices straight to file descriptor 2
+when it is imported, whatever TF_CPP_MIN_LOG_LEVEL says. A command-line tool whose
+errors are one line cannot let them through, so the import runs with descriptor 2
+pointed at a temporary file, which is replayed only if the import fails.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from types import ModuleType
+
+_keras: ModuleType | None = None
+
+
+def keras() -> ModuleType:
+    """Return the `keras` module, importing it (and its backend) quietly on first use."""
+    global _keras
+    if _keras is not None:
+        return _keras
+    if "keras" in sys.modules:
+        import keras as already_imported
+
+        _keras = already_imported
+        return _keras
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    _keras = _import_with_quiet_stderr()
+    return _keras
+
+
+def _import_with_quiet_stderr() -> ModuleType:
+    sys.stderr.flush()
+    saved_fd = os.dup(2)
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            import keras as imported
+
+            _silence_absl()
+        except BaseException:
+            os.dup2(saved_fd, 2)
+            capture.seek(0)
+            sys.stderr.write(capture.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved_fd, 2)
+            os.close(saved_fd)
+    return imported
+
+
+def _silence_absl() -> None:
+    # Keras logs its own notices (for example the legacy-HDF5 save warning) through absl.
+    try:
+        from absl import logging as absl_logging
+
+        absl_logging.set_verbosity(absl_logging.ERROR)
+    except ImportError:
+        pass
+    import logging
+
+    logging.getLogger("absl").setLevel(logging.ERROR)
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)

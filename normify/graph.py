@@ -1,0 +1,548 @@
+"""The intermediate representation: a model as a graph of layer calls.
+
+A `Graph` has one `Node` per layer call (a shared layer has several), edges expressed as
+`TensorRef`s (which output of which node a call consumes), and one `LayerSpec` per layer
+or operation. A nested model is a `LayerSpec` whose `subgraph` is another `Graph`, so
+layers are addressed by path (`encoder/dense_1`).
+
+The same graph can be built from a model config (`from_config`, no backend needed) or
+from a live `keras.Model` (`from_model`). Passes return edited copies; `rebuild` turns a
+graph built from a live model back into a model.
+
+This module must not import Keras: `normify audit` reads files without a backend.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from normify import kinds
+from normify.errors import NormifyError, UnsupportedModelError
+
+KEPT = "kept"
+MODIFIED = "modified"
+INSERTED = "inserted"
+
+
+@dataclass(frozen=True)
+class TensorRef:
+    """Output `index` (in flattened order) of node `node` within the same graph."""
+
+    node: str
+    index: int = 0
+
+
+@dataclass(frozen=True)
+class WeightFrom:
+    """An initial value taken from a variable of another layer in the same graph."""
+
+    layer: str
+    variable: str
+
+
+@dataclass
+class LayerSpec:
+    """A layer or operation of a graph, and how the rebuild step obtains it.
+
+    `status` is `kept` (the original object, unchanged), `modified` (rebuilt from `config`
+    with the original's variables carried by name) or `inserted` (new, initialized from
+    `init`). `obj` is the live layer when the graph was built from a live model.
+    """
+
+    name: str
+    class_name: str
+    module: str | None
+    config: dict[str, Any]
+    kind: str
+    subgraph: Graph | None = None
+    opaque_reason: str | None = None
+    status: str = KEPT
+    init: dict[str, Any] = field(default_factory=dict)
+    renamed_from: str | None = None
+    obj: Any = field(default=None, repr=False, compare=False)
+
+
+@dataclass
+class Node:
+    """One call of a layer: its arguments, with `TensorRef`s where tensors were passed."""
+
+    id: str
+    layer: str
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def inputs(self) -> list[TensorRef]:
+        return [leaf for leaf in iter_leaves((self.args, self.kwargs)) if isinstance(leaf, TensorRef)]
+
+
+@dataclass
+class Graph:
+    """A Functional or Sequential model (or an opaque one, with `opaque_reason` set)."""
+
+    name: str
+    class_name: str
+    sequential: bool
+    layers: dict[str, LayerSpec]
+    nodes: dict[str, Node]
+    inputs: Any
+    outputs: Any
+    opaque_reason: str | None = None
+    obj: Any = field(default=None, repr=False, compare=False)
+
+    def copy(self) -> Graph:
+        """A copy whose dicts and specs can be edited without touching this graph."""
+        return dataclasses.replace(
+            self,
+            layers={name: dataclasses.replace(spec) for name, spec in self.layers.items()},
+            nodes={node_id: dataclasses.replace(node) for node_id, node in self.nodes.items()},
+        )
+
+    def nodes_of(self, layer_name: str) -> list[Node]:
+        return [node for node in self.nodes.values() if node.layer == layer_name]
+
+
+def node_id(layer_name: str, call_index: int) -> str:
+    """The id of the `call_index`-th call of a layer: `dense`, then `dense@1`, `dense@2`."""
+    return layer_name if call_index == 0 else f"{layer_name}@{call_index}"
+
+
+# ---------------------------------------------------------------------------- structures
+
+
+def iter_leaves(structure: Any) -> Iterator[Any]:
+    """The leaves of nested lists, tuples and dicts, in order."""
+    if isinstance(structure, (list, tuple)):
+        for item in structure:
+            yield from iter_leaves(item)
+    elif isinstance(structure, dict):
+        for value in structure.values():
+            yield from iter_leaves(value)
+    else:
+        yield structure
+
+
+def map_leaves(function: Callable[[Any], Any], structure: Any) -> Any:
+    """Apply `function` to every leaf of nested lists, tuples and dicts."""
+    if isinstance(structure, list):
+        return [map_leaves(function, item) for item in structure]
+    if isinstance(structure, tuple):
+        return tuple(map_leaves(function, item) for item in structure)
+    if isinstance(structure, dict):
+        return {key: map_leaves(function, value) for key, value in structure.items()}
+    return function(structure)
+
+
+def tensor_refs(structure: Any) -> list[TensorRef]:
+    return [leaf for leaf in iter_leaves(structure) if isinstance(leaf, TensorRef)]
+
+
+# ------------------------------------------------------------------------ walking paths
+
+
+def walk_layers(graph: Graph, prefix: str = "") -> Iterator[tuple[str, LayerSpec, Graph]]:
+    """Every layer of the graph and its nested graphs: (path, spec, owning graph)."""
+    for spec in graph.layers.values():
+        path = prefix + spec.name
+        yield path, spec, graph
+        if spec.subgraph is not None and spec.subgraph.opaque_reason is None:
+            yield from walk_layers(spec.subgraph, path + "/")
+
+
+def all_layer_names(graph: Graph) -> set[str]:
+    return {spec.name for _, spec, _ in walk_layers(graph)}
+
+
+def graph_at(graph: Graph, path: str) -> Graph:
+    """The graph that owns the layer at `path` (the part of the path before the last `/`)."""
+    for part in path.split("/")[:-1]:
+        graph = graph.layers[part].subgraph  # type: ignore[assignment]
+    return graph
+
+
+# ------------------------------------------------------------------ building from configs
+
+
+def from_config(model_config: dict[str, Any], source: str | None = None) -> Graph:
+    """Build a graph from a serialized model: `{"class_name": ..., "config": {...}}`.
+
+    Accepts the Keras 3 format (`.keras` files, `model.get_config()` wrapped with its class)
+    and the Keras 2 format found in legacy `.h5` files. Raises `NormifyError` with the
+    reason when the config is malformed.
+    """
+    try:
+        return _graph_from_serialized(model_config, depth=0)
+    except NormifyError:
+        raise
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as error:
+        raise NormifyError(f"malformed model config ({type(error).__name__}: {error})", source)
+    except RecursionError:
+        raise NormifyError("malformed model config (nested too deeply)", source) from None
+
+
+MAX_NESTING = 64
+
+
+def _graph_from_serialized(serialized: dict[str, Any], depth: int) -> Graph:
+    if depth > MAX_NESTING:
+        raise NormifyError(f"model config nests models more than {MAX_NESTING} levels deep")
+    if not isinstance(serialized, dict) or "class_name" not in serialized:
+        raise NormifyError("model config has no class_name")
+    class_name = serialized["class_name"]
+    config = serialized.get("config")
+    if not isinstance(config, dict):
+        raise NormifyError(f"model config of {class_name} is not a mapping")
+    name = config.get("name") or class_name
+    if class_name not in kinds.MODEL_CLASSES or not isinstance(config.get("layers"), list):
+        return _opaque_graph(name, class_name)
+    if class_name == "Sequential":
+        return _sequential_from_config(name, config, depth)
+    return _functional_from_config(name, class_name, config, depth)
+
+
+def _opaque_graph(name: str, class_name: str) -> Graph:
+    reason = (
+        f"{class_name} is a model subclass whose config holds constructor arguments, "
+        "not a layer graph"
+    )
+    return Graph(name, class_name, False, {}, {}, [], [], opaque_reason=reason)
+
+
+def _layer_spec_from_config(entry: dict[str, Any], depth: int) -> LayerSpec:
+    class_name = entry["class_name"]
+    config = entry.get("config")
+    if not isinstance(class_name, str):
+        raise NormifyError(f"layer class_name is not a string: {class_name!r}")
+    if not isinstance(config, dict):
+        raise NormifyError(f"config of layer {entry.get('name', class_name)} is not a mapping")
+    name = entry.get("name") or config.get("name")
+    if not isinstance(name, str) or not name:
+        raise NormifyError(f"a {class_name} layer has no name")
+    module = entry.get("module")
+    kind = kinds.classify(class_name, module, config)
+    spec = LayerSpec(name=name, class_name=class_name, module=module, config=config, kind=kind)
+    if kind == kinds.MODEL or (kind == kinds.OTHER and _looks_like_model(entry)):
+        spec.kind = kinds.MODEL
+        spec.subgraph = _graph_from_serialized(entry, depth + 1)
+        spec.opaque_reason = spec.subgraph.opaque_reason
+    return spec
+
+
+def _looks_like_model(entry: dict[str, Any]) -> bool:
+    module = entry.get("module") or ""
+    return ".models." in module or module.endswith(".models")
+
+
+def _sequential_from_config(name: str, config: dict[str, Any], depth: int) -> Graph:
+    layers: dict[str, LayerSpec] = {}
+    nodes: dict[str, Node] = {}
+    previous: TensorRef | None = None
+    for entry in config["layers"]:
+        spec = _layer_spec_from_config(entry, depth)
+        if spec.name in layers:
+            raise NormifyError(f"layer name {spec.name!r} is used twice in {name}")
+        layers[spec.name] = spec
+        if spec.kind == kinds.INPUT:
+            if previous is not None:
+                raise NormifyError(f"an InputLayer is not first in Sequential {name}")
+            nodes[spec.name] = Node(spec.name, spec.name)
+        else:
+            if previous is None:
+                previous = _implicit_sequential_input(name, config, layers, nodes)
+            nodes[spec.name] = Node(spec.name, spec.name, (previous,))
+        previous = TensorRef(spec.name)
+    inputs = [TensorRef(next(iter(nodes)))] if nodes else []
+    outputs = [previous] if previous is not None else []
+    return Graph(name, "Sequential", True, layers, nodes, inputs, outputs)
+
+
+def _implicit_sequential_input(
+    name: str, config: dict[str, Any], layers: dict[str, LayerSpec], nodes: dict[str, Node]
+) -> TensorRef:
+    """A Sequential saved without an InputLayer: stand one in so the graph has an input."""
+    input_name = f"{name}_input"
+    input_config = {"name": input_name, "batch_shape": config.get("build_input_shape")}
+    layers[input_name] = LayerSpec(input_name, "InputLayer", "keras.layers", input_config, "input")
+    nodes[input_name] = Node(input_name, input_name)
+    return TensorRef(input_name)
+
+
+def _functional_from_config(
+    name: str, class_name: str, config: dict[str, Any], depth: int
+) -> Graph:
+    layers: dict[str, LayerSpec] = {}
+    pending: list[Node] = []
+    for entry in config["layers"]:
+        spec = _layer_spec_from_config(entry, depth)
+        if spec.name in layers:
+            raise NormifyError(f"layer name {spec.name!r} is used twice in {name}")
+        layers[spec.name] = spec
+        inbound = entry.get("inbound_nodes") or []
+        if not isinstance(inbound, list):
+            raise NormifyError(f"inbound_nodes of layer {spec.name!r} is not a list")
+        if spec.kind == kinds.INPUT:
+            pending.append(Node(spec.name, spec.name))
+            continue
+        for call_index, node_data in enumerate(inbound):
+            args, kwargs = _node_arguments_from_config(node_data)
+            pending.append(Node(node_id(spec.name, call_index), spec.name, args, kwargs))
+    nodes = _topological(pending, name)
+    inputs = _refs_from_config(config.get("input_layers", []), nodes, name)
+    outputs = _refs_from_config(config.get("output_layers", []), nodes, name)
+    for ref in tensor_refs(outputs):
+        if ref.node not in nodes:
+            raise NormifyError(f"output {ref.node!r} of {name} is not a layer call")
+    return Graph(name, class_name, False, layers, nodes, inputs, outputs)
+
+
+def _node_arguments_from_config(node_data: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    if isinstance(node_data, dict):  # Keras 3: {"args": [...], "kwargs": {...}}
+        args = node_data.get("args", [])
+        kwargs = node_data.get("kwargs", {})
+        if not isinstance(args, list) or not isinstance(kwargs, dict):
+            raise NormifyError("a node's args or kwargs have the wrong type")
+        return tuple(_deserialize_arguments(args)), _deserialize_arguments(kwargs)
+    if isinstance(node_data, list):  # Keras 2: [[layer, node_index, tensor_index, kwargs], ...]
+        refs = []
+        kwargs: dict[str, Any] = {}
+        for item in node_data:
+            if not isinstance(item, list) or len(item) < 3:
+                raise NormifyError("a Keras 2 inbound node entry is malformed")
+            refs.append(TensorRef(node_id(item[0], int(item[1])), int(item[2])))
+            if len(item) > 3 and isinstance(item[3], dict):
+                kwargs = _deserialize_legacy_kwargs(item[3])
+        return ((refs[0],) if len(refs) == 1 else (refs,)), kwargs
+    raise NormifyError(f"an inbound node has an unknown format: {type(node_data).__name__}")
+
+
+def _deserialize_arguments(structure: Any) -> Any:
+    if isinstance(structure, dict) and structure.get("class_name") == "__keras_tensor__":
+        history = structure["config"]["keras_history"]
+        return TensorRef(node_id(history[0], int(history[1])), int(history[2]))
+    if isinstance(structure, list):
+        return [_deserialize_arguments(item) for item in structure]
+    if isinstance(structure, dict):
+        return {key: _deserialize_arguments(value) for key, value in structure.items()}
+    return structure
+
+
+def _deserialize_legacy_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    def convert(value: Any) -> Any:
+        # Keras 2 writes tensors passed as keyword arguments as [layer, node, tensor].
+        if (
+            isinstance(value, list)
+            and len(value) == 3
+            and isinstance(value[0], str)
+            and isinstance(value[1], int)
+            and isinstance(value[2], int)
+        ):
+            return TensorRef(node_id(value[0], value[1]), value[2])
+        if isinstance(value, list):
+            return [convert(item) for item in value]
+        return value
+
+    return {key: convert(value) for key, value in kwargs.items()}
+
+
+def _refs_from_config(value: Any, nodes: dict[str, Node], model_name: str) -> Any:
+    def ref(item: list[Any]) -> TensorRef:
+        if len(item) < 3 or not isinstance(item[0], str):
+            raise NormifyError(f"input or output entry {item!r} of {model_name} is malformed")
+        return TensorRef(node_id(item[0], int(item[1])), int(item[2]))
+
+    if isinstance(value, dict):
+        return {key: ref(item) for key, item in value.items()}
+    if isinstance(value, list) and value and isinstance(value[0], str):
+        return ref(value)
+    if isinstance(value, list):
+        return [ref(item) for item in value]
+    raise NormifyError(f"inputs or outputs of {model_name} have an unknown format")
+
+
+def _topological(pending: list[Node], model_name: str) -> dict[str, Node]:
+    """Order nodes so that every node comes after the nodes it consumes (stable, Kahn)."""
+    by_id: dict[str, Node] = {}
+    for node in pending:
+        if node.id in by_id:
+            raise NormifyError(f"node {node.id!r} appears twice in {model_name}")
+        by_id[node.id] = node
+    missing_inputs = {
+        ref.node for node in pending for ref in node.inputs if ref.node not in by_id
+    }
+    if missing_inputs:
+        raise NormifyError(
+            f"{model_name} consumes tensors of unknown layer calls: {sorted(missing_inputs)[:3]}"
+        )
+    remaining = {node.id: len({ref.node for ref in node.inputs}) for node in pending}
+    consumers: dict[str, list[str]] = {node.id: [] for node in pending}
+    for node in pending:
+        for producer in {ref.node for ref in node.inputs}:
+            consumers[producer].append(node.id)
+    ready = [node.id for node in pending if remaining[node.id] == 0]
+    position = {node.id: index for index, node in enumerate(pending)}
+    ordered: dict[str, Node] = {}
+    import heapq
+
+    heap = [(position[node_id_], node_id_) for node_id_ in ready]
+    heapq.heapify(heap)
+    while heap:
+        _, current = heapq.heappop(heap)
+        ordered[current] = by_id[current]
+        for consumer in consumers[current]:
+            remaining[consumer] -= 1
+            if remaining[consumer] == 0:
+                heapq.heappush(heap, (position[consumer], consumer))
+    if len(ordered) != len(pending):
+        cyclic = sorted(set(by_id) - set(ordered))[:3]
+        raise NormifyError(f"{model_name} has a cycle through {cyclic}")
+    return ordered
+
+
+# ---------------------------------------------------------------- building from models
+
+
+def from_model(model: Any) -> Graph:
+    """Build a graph from a live `keras.Model` (Functional or Sequential, nested at will)."""
+    return _graph_from_live(model, depth=0)
+
+
+def _is_exact_class(obj: Any, names: tuple[str, ...]) -> bool:
+    cls = type(obj)
+    return cls.__name__ in names and cls.__module__.split(".")[0] == "keras"
+
+
+def _graph_from_live(model: Any, depth: int) -> Graph:
+    if depth > MAX_NESTING:
+        raise UnsupportedModelError(f"models nest more than {MAX_NESTING} levels deep")
+    class_name = type(model).__name__
+    if _is_exact_class(model, ("Sequential",)):
+        return _sequential_from_live(model, depth)
+    if _is_exact_class(model, ("Functional",)):
+        return _functional_from_live(model, depth)
+    graph = _opaque_graph(model.name, class_name)
+    graph.obj = model
+    return graph
+
+
+def _spec_from_live(operation: Any, depth: int) -> LayerSpec:
+    class_name = type(operation).__name__
+    module = type(operation).__module__
+    from keras import Model
+
+    if isinstance(operation, Model):
+        subgraph = _graph_from_live(operation, depth + 1)
+        return LayerSpec(
+            name=operation.name,
+            class_name=class_name,
+            module=module,
+            config={},
+            kind=kinds.MODEL,
+            subgraph=subgraph,
+            opaque_reason=subgraph.opaque_reason,
+            obj=operation,
+        )
+    config = _live_config(operation)
+    return LayerSpec(
+        name=operation.name,
+        class_name=class_name,
+        module=module,
+        config=config,
+        kind=kinds.classify(class_name, module, config),
+        obj=operation,
+    )
+
+
+def _live_config(operation: Any) -> dict[str, Any]:
+    try:
+        config = operation.get_config()
+    except NotImplementedError:
+        return {"name": operation.name}
+    return config if isinstance(config, dict) else {"name": operation.name}
+
+
+def _sequential_from_live(model: Any, depth: int) -> Graph:
+    layers: dict[str, LayerSpec] = {}
+    nodes: dict[str, Node] = {}
+    previous: TensorRef | None = None
+    inputs: list[TensorRef] = []
+    for layer in model._layers:  # includes the InputLayer, unlike `model.layers`
+        spec = _spec_from_live(layer, depth)
+        if spec.name in layers:
+            raise UnsupportedModelError(f"layer name {spec.name!r} is used twice in {model.name}")
+        layers[spec.name] = spec
+        if spec.kind == kinds.INPUT:
+            nodes[spec.name] = Node(spec.name, spec.name)
+            inputs = [TensorRef(spec.name)]
+        else:
+            if previous is None:
+                raise UnsupportedModelError(
+                    f"Sequential model {model.name!r} has no input shape (it was never built)"
+                )
+            nodes[spec.name] = Node(spec.name, spec.name, (previous,))
+        previous = TensorRef(spec.name)
+    outputs = [previous] if previous is not None else []
+    return Graph(model.name, "Sequential", True, layers, nodes, inputs, outputs, obj=model)
+
+
+def _functional_from_live(model: Any, depth: int) -> Graph:
+    from keras import KerasTensor  # a live model means Keras is already imported
+
+    # The nodes of this model: everything reachable backwards from its outputs.
+    reachable: dict[tuple[int, int], Any] = {}
+    stack = [tensor for tensor in iter_leaves(model._outputs_struct)]
+    while stack:
+        tensor = stack.pop()
+        operation, node_index, _ = tensor._keras_history
+        key = (id(operation), node_index)
+        if key in reachable:
+            continue
+        node = operation._inbound_nodes[node_index]
+        reachable[key] = node
+        stack.extend(node.input_tensors)
+
+    layers: dict[str, LayerSpec] = {}
+    ids: dict[tuple[int, int], str] = {}
+    for operation in model.operations:
+        spec = _spec_from_live(operation, depth)
+        if spec.name in layers:
+            raise UnsupportedModelError(f"layer name {spec.name!r} is used twice in {model.name}")
+        layers[spec.name] = spec
+        call_index = 0
+        for node_index in range(len(operation._inbound_nodes)):
+            if (id(operation), node_index) in reachable:
+                ids[(id(operation), node_index)] = node_id(operation.name, call_index)
+                call_index += 1
+
+    def to_ref(value: Any) -> Any:
+        if isinstance(value, KerasTensor):
+            operation, node_index, tensor_index = value._keras_history
+            return TensorRef(ids[(id(operation), node_index)], tensor_index)
+        return value
+
+    pending = []
+    for operation in model.operations:
+        for node_index, node in enumerate(operation._inbound_nodes):
+            key = (id(operation), node_index)
+            if key not in reachable:
+                continue
+            if spec_is_input(layers[operation.name]):
+                pending.append(Node(ids[key], operation.name))
+                continue
+            args = map_leaves(to_ref, tuple(node.arguments.args))
+            kwargs = map_leaves(to_ref, dict(node.arguments.kwargs))
+            pending.append(Node(ids[key], operation.name, args, kwargs))
+    nodes = _topological(pending, model.name)
+    inputs = map_leaves(to_ref, _as_list_structure(model._inputs_struct))
+    outputs = map_leaves(to_ref, _as_list_structure(model._outputs_struct))
+    return Graph(model.name, "Functional", False, layers, nodes, inputs, outputs, obj=model)
+
+
+def _as_list_structure(structure: Any) -> Any:
+    return list(structure) if isinstance(structure, tuple) else structure
+
+
+def spec_is_input(spec: LayerSpec) -> bool:
+    return spec.kind == kinds.INPUT
