@@ -11,7 +11,7 @@ from typing import Any
 
 from normify import kinds
 from normify.flow import Flow, build_flow
-from normify.graph import Graph, walk_layers
+from normify.graph import Graph, opaque_parts, walk_layers
 
 PRE = "pre-activation"
 POST = "post-activation"
@@ -103,7 +103,10 @@ def audit_graph(graph: Graph, model_name: str | None = None) -> AuditReport:
         model=model_name or graph.name,
         rows=audit_rows(graph, flow),
         norm_layers=_norm_layer_counts(graph),
-        opaque=_opaque_parts(graph),
+        opaque=[
+            {"path": path, "class": class_name, "reason": reason}
+            for path, class_name, reason in opaque_parts(graph)
+        ],
     )
 
 
@@ -120,9 +123,11 @@ def audit_rows(graph: Graph, flow: Flow | None = None) -> list[AuditRow]:
         position = None
         if first is not None:
             own_activation = kinds.has_nonlinear_activation(spec.class_name, spec.config)
-            position = POST if own_activation or first.through_activation or (
-                spec.kind == kinds.RNN
-            ) else PRE
+            position = (
+                POST
+                if own_activation or first.through_activation or (spec.kind == kinds.RNN)
+                else PRE
+            )
         rows.append(
             AuditRow(
                 path=path,
@@ -145,20 +150,6 @@ def _norm_layer_counts(graph: Graph) -> dict[str, int]:
         spec.class_name for _, spec, _ in walk_layers(graph) if spec.kind == kinds.NORM
     )
     return dict(sorted(counts.items()))
-
-
-def _opaque_parts(graph: Graph) -> list[dict[str, str]]:
-    parts = []
-    if graph.opaque_reason:
-        parts.append({"path": graph.name, "class": graph.class_name, "reason": graph.opaque_reason})
-    for path, spec, _ in walk_layers(graph):
-        if spec.opaque_reason:
-            parts.append({"path": path, "class": spec.class_name, "reason": spec.opaque_reason})
-        elif spec.kind == kinds.OTHER and not kinds.is_builtin(spec.module):
-            parts.append(
-                {"path": path, "class": spec.class_name, "reason": "custom layer: insides unknown"}
-            )
-    return parts
 
 
 # ------------------------------------------------------------------------------ rendering

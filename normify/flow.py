@@ -65,7 +65,8 @@ class Flow:
         return None
 
     def reaches_output(self, site: CallSite) -> bool:
-        """Whether this site's main output is a model output, directly or via pass-through."""
+        """Whether this site's main output is a model output through shape-keeping layers
+        only (pass-through and norm layers)."""
         seen: set[str] = set()
         frontier = [(site.key, 0)]
         while frontier:
@@ -76,7 +77,7 @@ class Flow:
                 if consumer_key in seen:
                     continue
                 seen.add(consumer_key)
-                if self.sites[consumer_key].spec.kind == kinds.PASS:
+                if self.sites[consumer_key].spec.kind in (kinds.PASS, kinds.NORM):
                     frontier.append((consumer_key, 0))
         return False
 
@@ -128,7 +129,9 @@ def _inline(
         subgraph = spec.subgraph
         if subgraph is not None and subgraph.opaque_reason is None:
             inner_prefix = key_prefix + node.id + "/"
-            inner_outputs = _inline(subgraph, inner_prefix, path_prefix + spec.name + "/", inputs, flow)
+            inner_outputs = _inline(
+                subgraph, inner_prefix, path_prefix + spec.name + "/", inputs, flow
+            )
             for index, inner in enumerate(inner_outputs):
                 aliases[TensorRef(node.id, index)] = inner
             continue

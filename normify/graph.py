@@ -76,7 +76,9 @@ class Node:
 
     @property
     def inputs(self) -> list[TensorRef]:
-        return [leaf for leaf in iter_leaves((self.args, self.kwargs)) if isinstance(leaf, TensorRef)]
+        return [
+            leaf for leaf in iter_leaves((self.args, self.kwargs)) if isinstance(leaf, TensorRef)
+        ]
 
 
 @dataclass
@@ -369,9 +371,7 @@ def _topological(pending: list[Node], model_name: str) -> dict[str, Node]:
         if node.id in by_id:
             raise NormifyError(f"node {node.id!r} appears twice in {model_name}")
         by_id[node.id] = node
-    missing_inputs = {
-        ref.node for node in pending for ref in node.inputs if ref.node not in by_id
-    }
+    missing_inputs = {ref.node for node in pending for ref in node.inputs if ref.node not in by_id}
     if missing_inputs:
         raise NormifyError(
             f"{model_name} consumes tensors of unknown layer calls: {sorted(missing_inputs)[:3]}"
@@ -546,3 +546,16 @@ def _as_list_structure(structure: Any) -> Any:
 
 def spec_is_input(spec: LayerSpec) -> bool:
     return spec.kind == kinds.INPUT
+
+
+def opaque_parts(graph: Graph) -> list[tuple[str, str, str]]:
+    """(path, class, reason) for every part whose insides normify cannot see or rewrite."""
+    parts = []
+    if graph.opaque_reason:
+        parts.append((graph.name, graph.class_name, graph.opaque_reason))
+    for path, spec, _ in walk_layers(graph):
+        if spec.opaque_reason:
+            parts.append((path, spec.class_name, spec.opaque_reason))
+        elif spec.kind == kinds.OTHER and not kinds.is_builtin(spec.module):
+            parts.append((path, spec.class_name, "custom layer: its insides are unknown"))
+    return parts

@@ -1,0 +1,1 @@
+"""Graph passes: each takes a Graph and returns a new Graph and the edits it made."""

@@ -1,0 +1,352 @@
+"""The `add` pass: insert a norm layer after every layer the rules selected.
+
+For each selected layer the pass edits the graph that owns it:
+
+- pre-activation (dense/conv default): a layer with its own non-linear activation is
+  split into the linear layer, the norm and an `Activation` layer; a linear layer gets
+  the norm right after it (so before an Activation layer that follows it);
+- post-activation: the norm goes after the layer's own activation, or after the
+  activation layer a linear layer feeds;
+- recurrent layers: the norm goes after the output sequence (output 0), never the states.
+
+A BatchNormalization inserted directly after a linear op takes over its bias as `beta`
+(the layer gets `use_bias=False`), so nothing is lost and the bias is not duplicated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from normify import kinds, norms
+from normify.audit import POST, PRE
+from normify.graph import (
+    INSERTED,
+    MODIFIED,
+    Graph,
+    LayerSpec,
+    Node,
+    TensorRef,
+    WeightFrom,
+    all_layer_names,
+    map_leaves,
+    node_id,
+)
+from normify.rules import Decision, Rules
+
+
+@dataclass(frozen=True)
+class Insertion:
+    """One inserted norm layer, as planned."""
+
+    target: str
+    norm: str
+    norm_class: str
+    position: str
+    name: str
+    axis: int
+    activation_layer: str | None = None
+    bias_moved: bool = False
+    renamed: tuple[str, str] | None = None
+    exact: bool = True
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "target": self.target,
+            "norm": self.norm_class,
+            "position": self.position,
+            "name": self.name,
+            "axis": self.axis,
+            "activation_layer": self.activation_layer,
+            "bias_moved": self.bias_moved,
+            "renamed": list(self.renamed) if self.renamed else None,
+            "exact": self.exact,
+        }
+
+
+def add_norms(
+    graph: Graph, decisions: list[Decision], rules: Rules
+) -> tuple[Graph, list[Insertion]]:
+    """A new graph with a norm inserted for every `insert` decision, and what was inserted."""
+    root = graph.copy()
+    taken = all_layer_names(graph)
+    insertions = []
+    for decision in decisions:
+        if not decision.insert:
+            continue
+        owner_path, _, layer_name = decision.path.rpartition("/")
+        owner = _editable_graph(root, owner_path)
+        insertions.append(
+            _insert(
+                owner, layer_name, decision, rules, taken, is_top=owner is root, prefix=owner_path
+            )
+        )
+    return root, insertions
+
+
+def _editable_graph(root: Graph, owner_path: str) -> Graph:
+    """The graph at `owner_path`, copied (with every graph above it) so it can be edited."""
+    graph = root
+    for part in owner_path.split("/") if owner_path else []:
+        spec = graph.layers[part]
+        assert spec.subgraph is not None
+        if spec.status != MODIFIED:
+            spec.subgraph = spec.subgraph.copy()
+            spec.status = MODIFIED
+        graph = spec.subgraph
+    return graph
+
+
+def _unique(base: str, taken: set[str]) -> str:
+    name, counter = base, 1
+    while name in taken:
+        name = f"{base}_{counter}"
+        counter += 1
+    taken.add(name)
+    return name
+
+
+def _insert(
+    graph: Graph,
+    layer_name: str,
+    decision: Decision,
+    rules: Rules,
+    taken: set[str],
+    is_top: bool,
+    prefix: str,
+) -> Insertion:
+    spec = graph.layers[layer_name]
+    norm = decision.norm
+    assert norm is not None
+    own_activation = kinds.has_nonlinear_activation(spec.class_name, spec.config)
+    linear_kind = spec.kind in (kinds.DENSE, kinds.CONV)
+    split = linear_kind and rules.position == "pre" and own_activation
+    after_activation_layer = (
+        linear_kind and rules.position == "post" and not own_activation
+        and _activation_consumers(graph, layer_name) is not None
+    )  # fmt: skip
+    direct_after_linear = (
+        linear_kind and not after_activation_layer and (split or not own_activation)
+    )
+    bias_moved = norm == "batchnorm" and direct_after_linear and _has_per_channel_bias(spec)
+
+    norm_name = _unique(f"{layer_name}_{norms.SUFFIXES[norm]}", taken)
+    axis = norms.channel_axis(spec.class_name, spec.config)
+    dtype = norms.plain_dtype(spec.config)
+    norm_class, norm_cfg = norms.norm_config(norm, norm_name, axis, dtype)
+    init: dict[str, Any] = {}
+    if norm == "batchnorm":
+        init["moving_mean"] = 0.0
+        init["moving_variance"] = norms.identity_moving_variance(norm_cfg["epsilon"])
+        init["gamma"] = 1.0
+        init["beta"] = WeightFrom(layer_name, "bias") if bias_moved else 0.0
+    new_specs = [
+        LayerSpec(
+            norm_name, norm_class, "keras.layers", norm_cfg, kinds.NORM, status=INSERTED, init=init
+        )
+    ]
+    activation_name = None
+    if split:
+        activation_name = _unique(f"{layer_name}_act", taken)
+        activation_cfg = {"name": activation_name, "activation": _activation_config(spec)}
+        if dtype is not None:
+            activation_cfg["dtype"] = dtype
+        new_specs.append(
+            LayerSpec(
+                activation_name,
+                "Activation",
+                "keras.layers",
+                activation_cfg,
+                kinds.PASS,
+                status=INSERTED,
+            )
+        )
+    if split or bias_moved:
+        graph.layers[layer_name] = dataclasses.replace(
+            spec,
+            config=_linear_config(
+                spec.class_name, spec.config, drop_activation=split, drop_bias=bias_moved
+            ),
+            status=MODIFIED,
+        )
+    for new_spec in new_specs:
+        graph.layers[new_spec.name] = new_spec
+
+    renamed = None
+    activation_consumers = (
+        _activation_consumers(graph, layer_name) if after_activation_layer else None
+    )
+    for call_index, node in enumerate(graph.nodes_of(layer_name)):
+        source = TensorRef(node.id, 0)
+        if activation_consumers is not None:
+            source = TensorRef(activation_consumers[call_index].id, 0)
+        chain = [Node(node_id(new_spec.name, call_index), new_spec.name) for new_spec in new_specs]
+        previous = source
+        for new_node in chain:
+            new_node.args = (previous,)
+            previous = TensorRef(new_node.id, 0)
+        if is_top and source in _output_refs(graph):
+            renamed = renamed or (source.node, previous.node)
+        _splice(graph, source, chain, previous)
+
+    if renamed is not None:
+        renamed = _keep_output_name(graph, renamed[0], renamed[1], taken)
+        if new_specs[-1].name == norm_name:
+            norm_name = renamed[0]
+    return Insertion(
+        target=f"{prefix}/{layer_name}" if prefix else layer_name,
+        norm=norm,
+        norm_class=norm_class,
+        position=PRE if direct_after_linear else POST,
+        name=f"{prefix}/{norm_name}" if prefix else norm_name,
+        axis=axis,
+        activation_layer=activation_name,
+        bias_moved=bias_moved,
+        renamed=renamed,
+        exact=norms.is_exact_identity(norm),
+    )
+
+
+def _activation_consumers(graph: Graph, layer_name: str) -> list[Node] | None:
+    """For each call of the layer, its only consumer if that is an activation layer."""
+    found = []
+    for node in graph.nodes_of(layer_name):
+        source = TensorRef(node.id, 0)
+        consumers = [other for other in graph.nodes.values() if source in other.inputs]
+        if source in _output_refs(graph) or len(consumers) != 1:
+            return None
+        consumer_spec = graph.layers[consumers[0].layer]
+        if not kinds.is_activation_layer(consumer_spec.class_name, consumer_spec.config):
+            return None
+        found.append(consumers[0])
+    return found
+
+
+def _output_refs(graph: Graph) -> list[TensorRef]:
+    from normify.graph import tensor_refs
+
+    return tensor_refs(graph.outputs)
+
+
+def _splice(graph: Graph, source: TensorRef, chain: list[Node], last: TensorRef) -> None:
+    """Insert `chain` after `source`'s node and make every consumer of `source` read `last`."""
+    chain_ids = {node.id for node in chain}
+
+    def redirect(value: Any) -> Any:
+        return last if value == source else value
+
+    nodes: dict[str, Node] = {}
+    for current in graph.nodes.values():
+        if current.id not in chain_ids and source in current.inputs:
+            current.args = map_leaves(redirect, current.args)
+            current.kwargs = map_leaves(redirect, current.kwargs)
+        nodes[current.id] = current
+        if current.id == source.node:
+            for new_node in chain:
+                nodes[new_node.id] = new_node
+    graph.nodes = nodes
+    graph.outputs = map_leaves(redirect, graph.outputs)
+
+
+def _keep_output_name(graph: Graph, producer: str, last: str, taken: set[str]) -> tuple[str, str]:
+    """Model outputs are named after the layer producing them: give that name back.
+
+    The layer that produced the output is renamed `<name>_core`, and the last inserted
+    layer takes its name, so `compile(loss={name: ...})` keeps working.
+    """
+    producer_layer = graph.nodes[producer].layer
+    last_layer = graph.nodes[last].layer
+    core_name = _unique(f"{producer_layer}_core", taken)
+    _rename_layer(graph, producer_layer, core_name)
+    _rename_layer(graph, last_layer, producer_layer)
+    return producer_layer, core_name
+
+
+def _rename_layer(graph: Graph, old: str, new: str) -> None:
+    spec = graph.layers[old]
+    config = dict(spec.config)
+    config["name"] = new
+    renamed_spec = dataclasses.replace(
+        spec, name=new, config=config, renamed_from=spec.renamed_from or old,
+        status=spec.status if spec.status == INSERTED else MODIFIED,
+    )  # fmt: skip
+    graph.layers = {
+        (new if name == old else name): (renamed_spec if name == old else value)
+        for name, value in graph.layers.items()
+    }
+    id_map = {}
+    for node in graph.nodes.values():
+        if node.layer == old:
+            call_index = 0 if node.id == old else int(node.id.rsplit("@", 1)[1])
+            id_map[node.id] = node_id(new, call_index)
+
+    def rename_ref(value: Any) -> Any:
+        if isinstance(value, TensorRef) and value.node in id_map:
+            return TensorRef(id_map[value.node], value.index)
+        if isinstance(value, WeightFrom) and value.layer == old:
+            return WeightFrom(new, value.variable)
+        return value
+
+    nodes = {}
+    for node in graph.nodes.values():
+        node.args = map_leaves(rename_ref, node.args)
+        node.kwargs = map_leaves(rename_ref, node.kwargs)
+        if node.layer == old:
+            node = dataclasses.replace(node, id=id_map[node.id], layer=new)
+        nodes[node.id] = node
+    graph.nodes = nodes
+    graph.outputs = map_leaves(rename_ref, graph.outputs)
+    graph.inputs = map_leaves(rename_ref, graph.inputs)
+    for other in graph.layers.values():
+        if other.init:
+            other.init = {key: rename_ref(value) for key, value in other.init.items()}
+
+
+def _activation_config(spec: LayerSpec) -> Any:
+    _, config = kinds.innermost(spec.class_name, spec.config)
+    return config.get("activation")
+
+
+def _has_per_channel_bias(spec: LayerSpec) -> bool:
+    """Whether the layer's bias is one value per output channel (so BN's beta can hold it)."""
+    class_name, config = kinds.innermost(spec.class_name, spec.config)
+    if not config.get("use_bias", class_name != "EinsumDense"):
+        return False
+    if class_name == "EinsumDense":
+        bias_axes = config.get("bias_axes") or ""
+        equation = str(config.get("equation", ""))
+        output_spec = equation.split("->")[-1]
+        return len(bias_axes) == 1 and output_spec.endswith(bias_axes)
+    return True
+
+
+def _linear_config(
+    class_name: str, config: dict[str, Any], *, drop_activation: bool, drop_bias: bool
+) -> dict[str, Any]:
+    """The config of the same layer without its activation and/or bias (wrappers too)."""
+    config = dict(config)
+    inner = kinds.wrapped_layer(config) if class_name == "TimeDistributed" else None
+    if inner is not None:
+        config["layer"] = dict(
+            inner,
+            config=_linear_config(
+                inner["class_name"],
+                inner["config"],
+                drop_activation=drop_activation,
+                drop_bias=drop_bias,
+            ),
+        )
+        return config
+    if drop_activation:
+        config["activation"] = "linear"
+    if drop_bias:
+        config["use_bias"] = False
+    return config
+
+
+def initial_value(value: Any, shape: tuple[int, ...], dtype: str) -> np.ndarray:
+    """A numpy array of `shape` for an `init` entry that is a number or an array."""
+    return np.broadcast_to(np.asarray(value, dtype=dtype), shape).copy()

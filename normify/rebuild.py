@@ -1,0 +1,260 @@
+"""Turning a graph back into a `keras.Model`.
+
+The graph's nodes are replayed in topological order with a map from `TensorRef` to the
+new symbolic tensors. Each layer is obtained according to its spec's status:
+
+- kept: the original layer object is reused (`share=True`), so its variables are the
+  original ones, untouched; with `share=False` it is recreated from its config and its
+  variables are copied, so the result shares nothing with the caller's model;
+- modified: recreated from the edited config; variables carried from the original by
+  name (never by position);
+- inserted: created from its config, then initialized from `spec.init`.
+
+Nested models are rebuilt recursively when anything inside them changed; a Sequential
+stays a Sequential.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import numpy as np
+
+from normify import kinds, norms
+from normify.errors import NormifyError
+from normify.graph import (
+    INSERTED,
+    KEPT,
+    MODIFIED,
+    Graph,
+    LayerSpec,
+    TensorRef,
+    WeightFrom,
+    map_leaves,
+)
+
+
+class RebuildError(NormifyError):
+    """The edited graph could not be turned back into a model."""
+
+
+def rebuild(graph: Graph, share: bool = True) -> Any:
+    """A new `keras.Model` for `graph` (built from a live model by `graph.from_model`)."""
+    builder = _Builder(share)
+    model = builder.model(graph)
+    builder.initialize()
+    return model
+
+
+class _Builder:
+    def __init__(self, share: bool) -> None:
+        from normify.backend import keras
+
+        self.keras = keras()
+        self.share = share
+        # (new layer, spec, owning graph) whose variables are set once everything is built
+        self.pending: list[tuple[Any, LayerSpec, Graph]] = []
+
+    # -------------------------------------------------------------------------- models
+
+    def model(self, graph: Graph) -> Any:
+        if graph.opaque_reason is not None:
+            if graph.obj is not None and self.share:
+                return graph.obj
+            raise RebuildError(f"cannot rebuild {graph.name}: {graph.opaque_reason}")
+        if graph.sequential:
+            return self._sequential(graph)
+        return self._functional(graph)
+
+    def _sequential(self, graph: Graph) -> Any:
+        objects = []
+        previous: TensorRef | None = None
+        for node in graph.nodes.values():
+            spec = graph.layers[node.layer]
+            if previous is not None and node.inputs != [previous]:
+                raise RebuildError(f"Sequential {graph.name} is no longer a chain at {node.id}")
+            objects.append(
+                self._input_layer(spec) if spec.kind == kinds.INPUT else self.layer(spec, graph)
+            )
+            previous = TensorRef(node.id, 0)
+        model = self.keras.Sequential(objects, name=graph.name)
+        self._copy_model_attributes(graph, model)
+        return model
+
+    def _functional(self, graph: Graph) -> Any:
+        tensors: dict[TensorRef, Any] = {}
+        objects: dict[str, Any] = {}
+
+        def fill(value: Any) -> Any:
+            return tensors[value] if isinstance(value, TensorRef) else value
+
+        for node in graph.nodes.values():
+            spec = graph.layers[node.layer]
+            if spec.kind == kinds.INPUT:
+                tensors[TensorRef(node.id, 0)] = self._input_layer(spec).output
+                continue
+            operation = objects.get(node.layer)
+            if operation is None:
+                operation = objects[node.layer] = self.layer(spec, graph)
+            args = map_leaves(fill, node.args)
+            kwargs = map_leaves(fill, node.kwargs)
+            if spec.status != KEPT:
+                kwargs = _accepted_kwargs(operation, kwargs)
+            if spec.status == INSERTED and spec.class_name == "GroupNormalization":
+                _resolve_groups(operation, args[0], spec)
+            outputs = operation(*args, **kwargs)
+            flat = list(_flatten(outputs))
+            for index, tensor in enumerate(flat):
+                tensors[TensorRef(node.id, index)] = tensor
+        inputs = map_leaves(fill, graph.inputs)
+        outputs = map_leaves(fill, graph.outputs)
+        model = self.keras.Model(inputs=inputs, outputs=outputs, name=graph.name)
+        self._copy_model_attributes(graph, model)
+        return model
+
+    def _copy_model_attributes(self, graph: Graph, model: Any) -> None:
+        if graph.obj is not None:
+            model.trainable = graph.obj.trainable
+
+    def _input_layer(self, spec: LayerSpec) -> Any:
+        config = spec.obj.get_config() if spec.obj is not None else dict(spec.config)
+        return self.keras.layers.InputLayer.from_config(config)
+
+    # -------------------------------------------------------------------------- layers
+
+    def layer(self, spec: LayerSpec, graph: Graph) -> Any:
+        if spec.subgraph is not None:
+            if spec.status == KEPT and (self.share or spec.subgraph.opaque_reason is not None):
+                return self._original(spec)
+            return self.model(spec.subgraph)
+        if spec.status == KEPT:
+            if self.share or spec.kind == kinds.OP:
+                return self._original(spec)
+            new = _from_config(type(self._original(spec)), spec.obj.get_config())
+        elif spec.status == MODIFIED:
+            new = _from_config(type(self._original(spec)), spec.config)
+        elif spec.status == INSERTED:
+            new = _from_config(getattr(self.keras.layers, spec.class_name), spec.config)
+        else:
+            raise RebuildError(f"unknown status {spec.status!r} of layer {spec.name}")
+        self.pending.append((new, spec, graph))
+        return new
+
+    def _original(self, spec: LayerSpec) -> Any:
+        if spec.obj is None:
+            raise RebuildError(f"layer {spec.name} has no live object (graph built from a config)")
+        return spec.obj
+
+    # ----------------------------------------------------------------------- variables
+
+    def initialize(self) -> None:
+        """Set the variables of every recreated, modified or inserted layer."""
+        for new, spec, graph in self.pending:
+            if spec.status == INSERTED:
+                self._initialize_inserted(new, spec, graph)
+            else:
+                copy_variables(spec.obj, new, require_all=spec.status == KEPT)
+
+    def _initialize_inserted(self, new: Any, spec: LayerSpec, graph: Graph) -> None:
+        for variable in new.weights:
+            key = variable_key(new, variable)
+            if key not in spec.init:
+                continue
+            value = spec.init[key]
+            if isinstance(value, WeightFrom):
+                value = find_variable(graph.layers[value.layer].obj, value.variable).numpy()
+            variable.assign(
+                np.broadcast_to(np.asarray(value, dtype=variable.dtype), variable.shape)
+            )
+
+
+def _from_config(cls: Any, config: dict[str, Any]) -> Any:
+    try:
+        return cls.from_config(config)
+    except Exception as error:
+        raise RebuildError(
+            f"cannot recreate layer {config.get('name')!r} ({cls.__name__}): {error}"
+        ) from None
+
+
+def _flatten(outputs: Any) -> list[Any]:
+    if isinstance(outputs, (list, tuple)):
+        return [leaf for item in outputs for leaf in _flatten(item)]
+    if isinstance(outputs, dict):
+        return [leaf for item in outputs.values() for leaf in _flatten(item)]
+    return [outputs]
+
+
+def _accepted_kwargs(operation: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Drop recorded call arguments (like `mask=None`) that this layer's call cannot take."""
+    if not kwargs:
+        return kwargs
+    call = getattr(operation, "call", None)
+    if call is None:
+        return kwargs
+    parameters = inspect.signature(call).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return kwargs
+    return {key: value for key, value in kwargs.items() if key in parameters}
+
+
+def _resolve_groups(layer: Any, tensor: Any, spec: LayerSpec) -> None:
+    axis = spec.config.get("axis", -1)
+    channels = tensor.shape[axis]
+    if channels is None:
+        raise RebuildError(f"cannot choose groups for {spec.name}: channel count unknown")
+    layer.groups = norms.largest_group_count(int(channels))
+
+
+# ------------------------------------------------------------------------ variable keys
+
+
+def variable_key(layer: Any, variable: Any) -> str:
+    """A variable's path relative to its layer: `kernel`, `lstm_cell/recurrent_kernel`."""
+    parts = variable.path.split("/")
+    if layer.name in parts:
+        return "/".join(parts[parts.index(layer.name) + 1 :])
+    return variable.path
+
+
+def variables_by_key(layer: Any) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for variable in layer.weights:
+        key = variable_key(layer, variable)
+        if key in found:
+            raise RebuildError(f"layer {layer.name} has two variables keyed {key!r}")
+        found[key] = variable
+    return found
+
+
+def find_variable(layer: Any, key: str) -> Any:
+    """The variable of `layer` keyed `key`, or the only one whose key ends in `/key`
+    (a wrapped layer's `bias` is keyed `dense/bias` in its TimeDistributed)."""
+    variables = variables_by_key(layer)
+    if key in variables:
+        return variables[key]
+    matches = [v for k, v in variables.items() if k.endswith("/" + key)]
+    if len(matches) != 1:
+        raise RebuildError(f"layer {layer.name} has no single variable {key!r}")
+    return matches[0]
+
+
+def copy_variables(source: Any, target: Any, require_all: bool) -> None:
+    """Copy every variable of `source` that `target` has under the same key, exactly."""
+    source_vars = variables_by_key(source)
+    target_vars = variables_by_key(target)
+    if require_all and set(source_vars) != set(target_vars):
+        raise RebuildError(
+            f"layer {source.name}: variables differ after recreation "
+            f"({sorted(set(source_vars) ^ set(target_vars))})"
+        )
+    for key, variable in target_vars.items():
+        if key in source_vars:
+            original = source_vars[key]
+            if tuple(original.shape) != tuple(variable.shape):
+                raise RebuildError(
+                    f"layer {source.name}: variable {key} has shape {tuple(variable.shape)}, "
+                    f"expected {tuple(original.shape)}"
+                )
+            variable.assign(original.value)

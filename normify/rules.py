@@ -1,0 +1,104 @@
+"""The policy: which layer gets which norm, where, and which are skipped and why.
+
+Rules look at the graph and the tensor flow only; they never touch Keras objects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+
+from normify import kinds
+from normify.errors import NormifyError
+from normify.flow import Flow
+from normify.graph import Graph, opaque_parts
+
+NORM_CHOICES = ("batchnorm", "layernorm", "groupnorm", "rmsnorm", "none")
+POSITIONS = ("pre", "post")
+
+
+@dataclass(frozen=True)
+class Rules:
+    """What `add` inserts. Norm choices are short names (`batchnorm`, ..., `none`)."""
+
+    dense: str = "batchnorm"
+    conv: str = "batchnorm"
+    rnn: str = "layernorm"
+    position: str = "pre"
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    include_output: bool = False
+
+    def __post_init__(self) -> None:
+        for kind in kinds.TARGET_KINDS:
+            if getattr(self, kind) not in NORM_CHOICES:
+                raise NormifyError(
+                    f"--{kind} must be one of {', '.join(NORM_CHOICES)}, "
+                    f"not {getattr(self, kind)!r}"
+                )
+        if self.position not in POSITIONS:
+            raise NormifyError(f"position must be pre or post, not {self.position!r}")
+        object.__setattr__(self, "include", tuple(self.include))
+        object.__setattr__(self, "exclude", tuple(self.exclude))
+
+    def norm_for(self, kind: str) -> str:
+        return getattr(self, kind)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """For one dense/conv/rnn layer: insert `norm` after it, or skip it for `reason`."""
+
+    path: str
+    kind: str
+    norm: str | None
+    reason: str | None = None
+
+    @property
+    def insert(self) -> bool:
+        return self.reason is None
+
+
+def decide(graph: Graph, flow: Flow, rules: Rules) -> list[Decision]:
+    """One decision per dense, conv and rnn layer, in graph order."""
+    decisions = []
+    for path, sites in flow.sites_by_path().items():
+        spec = sites[0].spec
+        if spec.kind not in kinds.TARGET_KINDS:
+            continue
+        norm = rules.norm_for(spec.kind)
+        decisions.append(Decision(path, spec.kind, norm, _skip_reason(path, sites, flow, rules)))
+    for path, _, reason in opaque_parts(graph):
+        decisions.append(Decision(path, "opaque", None, f"not rewritten: {reason}"))
+    return decisions
+
+
+def _skip_reason(path: str, sites: list, flow: Flow, rules: Rules) -> str | None:
+    spec = sites[0].spec
+    norm = rules.norm_for(spec.kind)
+    if norm == "none":
+        return f"rule for {spec.kind} layers is none"
+    if rules.include and not any(fnmatchcase(path, pattern) for pattern in rules.include):
+        return "not selected by --include"
+    excluded_by = next((p for p in rules.exclude if fnmatchcase(path, p)), None)
+    if excluded_by is not None:
+        return f"excluded by --exclude {excluded_by}"
+    findings = [flow.norm_after(site) for site in sites]
+    normalized = [finding for finding in findings if finding is not None]
+    if normalized and len(normalized) == len(findings):
+        first = normalized[0]
+        return f"already normalized by {first.path} ({first.class_name})"
+    if normalized:
+        return f"partially normalized ({len(normalized)} of {len(findings)} calls); left alone"
+    if not rules.include_output and any(flow.reaches_output(site) for site in sites):
+        return "output layer (pass --include-output to normalize it)"
+    if _is_quantized(spec.config):
+        return "quantized layer: normify does not rewrite quantized layers"
+    return None
+
+
+def _is_quantized(config: dict) -> bool:
+    dtype = config.get("dtype")
+    if isinstance(dtype, dict) and "Quantized" in str(dtype.get("class_name", "")):
+        return True
+    return bool(config.get("quantization_config")) or "int8" in str(dtype) or "int4" in str(dtype)
