@@ -76,8 +76,8 @@ def output_drift(
     inputs = inputs if inputs is not None else random_inputs(original)
     before = predict(original, inputs)
     after = predict(rewritten, inputs)
-    max_abs = max(float(np.max(np.abs(a - b))) for a, b in zip(before, after))
-    mean_abs = float(np.mean([np.mean(np.abs(a - b)) for a, b in zip(before, after)]))
+    max_abs = max(float(np.max(np.abs(a - b))) for a, b in zip(before, after, strict=True))
+    mean_abs = float(np.mean([np.mean(np.abs(a - b)) for a, b in zip(before, after, strict=True)]))
     scale = max(float(np.max(np.abs(b))) for b in before)
     return {
         "max_abs": max_abs,

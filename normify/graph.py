@@ -180,7 +180,9 @@ def from_config(model_config: dict[str, Any], source: str | None = None) -> Grap
     except NormifyError:
         raise
     except (KeyError, TypeError, ValueError, IndexError, AttributeError) as error:
-        raise NormifyError(f"malformed model config ({type(error).__name__}: {error})", source)
+        raise NormifyError(
+            f"malformed model config ({type(error).__name__}: {error})", source
+        ) from None
     except RecursionError:
         raise NormifyError("malformed model config (nested too deeply)", source) from None
 
