@@ -92,6 +92,10 @@ def _skip_reason(path: str, sites: list, flow: Flow, rules: Rules) -> str | None
         return f"partially normalized ({len(normalized)} of {len(findings)} calls); left alone"
     if not rules.include_output and any(flow.reaches_output(site) for site in sites):
         return "output layer (pass --include-output to normalize it)"
+    if not any(
+        flow.consumers.get((site.key, 0)) or (site.key, 0) in flow.outputs for site in sites
+    ):
+        return "its main output is unused (only its states are consumed)"
     if _is_quantized(spec.config):
         return "quantized layer: normify does not rewrite quantized layers"
     return None

@@ -1,0 +1,72 @@
+"""Independent checks used by the tests: they do not reuse normify's own helpers, so a bug
+in normify's weight matching or input generation cannot hide itself."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def inputs_for(spec: dict[str, dict[str, Any]], batch: int = 6, seed: int = 7) -> list[np.ndarray]:
+    """Random inputs following a fixture manifest's input specs (in input order)."""
+    rng = np.random.default_rng(seed)
+    arrays = []
+    for entry in spec.values():
+        shape = [batch, *entry["shape"]]
+        if entry["dtype"].startswith("int"):
+            arrays.append(
+                rng.integers(1, entry["int_high"] or 2, size=shape).astype(entry["dtype"])
+            )
+        else:
+            arrays.append(rng.standard_normal(shape).astype(entry["dtype"]))
+    return arrays
+
+
+def predict(model: Any, inputs: list[np.ndarray]) -> list[np.ndarray]:
+    outputs = model.predict(inputs[0] if len(inputs) == 1 else inputs, verbose=0)
+    if isinstance(outputs, dict):
+        return [np.asarray(outputs[key]) for key in sorted(outputs)]
+    if isinstance(outputs, (list, tuple)):
+        return [np.asarray(output) for output in outputs]
+    return [np.asarray(outputs)]
+
+
+def max_relative_difference(before: list[np.ndarray], after: list[np.ndarray]) -> float:
+    """Max abs difference divided by the output scale (at least 1)."""
+    assert len(before) == len(after)
+    worst = 0.0
+    for a, b in zip(before, after, strict=True):
+        assert a.shape == b.shape
+        scale = max(1.0, float(np.max(np.abs(a))))
+        worst = max(worst, float(np.max(np.abs(a - b))) / scale)
+    return worst
+
+
+def layers_by_path(model: Any, prefix: str = "") -> dict[str, Any]:
+    """Every layer of a model and its nested models, keyed `outer/inner/layer`."""
+    found = {}
+    for layer in model.layers:
+        path = prefix + layer.name
+        found[path] = layer
+        if hasattr(layer, "layers") and hasattr(layer, "inputs"):
+            found.update(layers_by_path(layer, path + "/"))
+    return found
+
+
+def own_variables(layer: Any) -> dict[str, np.ndarray]:
+    """A layer's variables keyed by their path with everything up to the layer removed
+    (positions are never used), for layers that are not models."""
+    found = {}
+    for variable in layer.weights:
+        parts = variable.path.split("/")
+        key = (
+            "/".join(parts[parts.index(layer.name) + 1 :]) if layer.name in parts else variable.path
+        )
+        assert key not in found, f"duplicate variable key {key} in {layer.name}"
+        found[key] = np.array(variable.numpy())
+    return found
+
+
+def is_model(layer: Any) -> bool:
+    return hasattr(layer, "layers") and hasattr(layer, "inputs")

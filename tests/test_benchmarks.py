@@ -1,0 +1,98 @@
+"""Smoke tests for `benchmarks/`, so the scripts cannot rot between real benchmark runs.
+
+They never judge timings (a loaded CI machine would make that flaky); they check that the
+script runs end to end on a tiny model, prints its table, and that the RESULTS.md section
+helper replaces only its own section.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def _load_results_module() -> ModuleType:
+    # benchmarks/ is a folder of scripts, not a package: load the helper by path.
+    spec = importlib.util.spec_from_file_location("_bench_results", BENCHMARKS / "_results.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_audit_speed_smoke(tmp_path: Path) -> None:
+    completed = subprocess.run(
+        [
+            sys.executable,
+            str(BENCHMARKS / "audit_speed.py"),
+            "--models",
+            "tiny",
+            "--repeat",
+            "1",
+            "--cache",
+            str(tmp_path / "cache"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert completed.returncode == 0, completed.stderr
+    out = completed.stdout
+    assert "| measurement | model | runs | median (s) | min (s) | target | result |" in out
+    for row in ("`normify audit X --json`", "`keras.saving.load_model(X)`", "`normify --help`"):
+        assert row in out
+    assert "FAIL" not in out.replace("no tensorflow/keras", "")  # timings are not judged
+    assert list((tmp_path / "cache").glob("tiny-keras*.keras"))
+
+
+def test_audit_speed_refuses_to_write_smoke_results(tmp_path: Path) -> None:
+    results = tmp_path / "RESULTS.md"
+    completed = subprocess.run(
+        [
+            sys.executable,
+            str(BENCHMARKS / "audit_speed.py"),
+            "--models=tiny",
+            "--repeat=1",
+            f"--cache={tmp_path}",
+            "--write-results",
+            f"--results-file={results}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert completed.returncode == 2
+    assert not results.exists()
+
+
+def test_replace_section_creates_replaces_and_keeps_others(tmp_path: Path) -> None:
+    results = _load_results_module()
+    path = tmp_path / "RESULTS.md"
+
+    results.replace_section("one", "first", path)
+    text = path.read_text()
+    assert text.startswith("# normify benchmark results")
+    assert "CPU:" in text and "<!-- one:start -->\nfirst\n<!-- one:end -->" in text
+
+    results.replace_section("two", "second", path)
+    results.replace_section("one", "first again", path)
+    text = path.read_text()
+    assert "first again" in text and "first\n" not in text
+    assert text.index("<!-- one:start -->") < text.index("<!-- two:start -->")
+    assert "<!-- two:start -->\nsecond\n<!-- two:end -->" in text
+
+
+def test_replace_section_refuses_unterminated_section(tmp_path: Path) -> None:
+    results = _load_results_module()
+    path = tmp_path / "RESULTS.md"
+    path.write_text("# x\n<!-- one:start -->\nold\n<!-- two:start -->\n<!-- two:end -->\n")
+    with pytest.raises(ValueError, match="no matching"):
+        results.replace_section("one", "new", path)
+    assert "old" in path.read_text()

@@ -1,0 +1,468 @@
+"""The command line's error contract, checked by running `python -m normify` for real.
+
+For every bad input, `normify add` and `normify audit` exit with code 2, print exactly one
+line on stderr naming the file and the cause, print no traceback, write nothing (no
+output, no temporary file) and leave the input byte-for-byte untouched. A successful run
+prints nothing on stderr, and the commands that need no backend never import one.
+
+Every subprocess that imports TensorFlow costs seconds, so the models that need Keras to
+be written are made by one script, once per module, and reused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "fixtures"
+MLP = FIXTURES / "mlp.keras"
+CNN = FIXTURES / "cnn.keras"
+
+ERROR_PREFIX = "normify: error: "
+
+# A custom layer with a weight, registered when its file is imported (as --custom-objects
+# imports it); the model saved with it cannot be loaded without this file.
+SCALE_LAYER = '''\
+import keras
+
+
+@keras.saving.register_keras_serializable(package="normify_test")
+class Scale(keras.layers.Layer):
+    """Multiplies its input by a learned per-feature scale."""
+
+    def build(self, input_shape):
+        self.scale = self.add_weight(
+            shape=(input_shape[-1],), initializer="ones", name="scale"
+        )
+
+    def call(self, inputs):
+        return inputs * self.scale
+'''
+
+# A --custom-objects file that imports fine but does not define the class a model needs.
+UNRELATED_OBJECTS = """\
+def unrelated(x):
+    return x
+"""
+
+# Writes every model file that needs Keras, in one process: argv[1] is the folder, which
+# already holds scale_layer.py.
+MAKE_MODELS = """\
+import importlib.util
+import shutil
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+
+out = Path(sys.argv[1])
+mlp = Path(sys.argv[2])
+
+# 8: weights only, under its usual name and under a plain .h5 name.
+keras.saving.load_model(mlp).save_weights(out / "mlp.weights.h5")
+shutil.copyfile(out / "mlp.weights.h5", out / "renamed_weights.h5")
+
+
+# 11: a subclassed model whose class only this process knows.
+@keras.saving.register_keras_serializable(package="t")
+class Sub(keras.Model):
+    def __init__(self, units=4, **kwargs):
+        super().__init__(**kwargs)
+        self.units = units
+        self.hidden = keras.layers.Dense(units, activation="relu")
+        self.head = keras.layers.Dense(2)
+
+    def call(self, inputs):
+        return self.head(self.hidden(inputs))
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units}
+
+
+sub = Sub()
+sub(np.zeros((1, 8), "float32"))
+sub.save(out / "subclassed.keras")
+
+# 13: a Lambda layer with Python code.
+inputs = keras.Input((8,), name="x")
+hidden = keras.layers.Dense(8, activation="relu")(inputs)
+hidden = keras.layers.Lambda(lambda x: x * 2, name="double")(hidden)
+keras.Model(inputs, keras.layers.Dense(2)(hidden)).save(out / "lambda.keras")
+
+# A custom layer with a weight, defined in scale_layer.py.
+spec = importlib.util.spec_from_file_location("scale_layer", out / "scale_layer.py")
+scale_layer = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(scale_layer)
+inputs = keras.Input((8,), name="x")
+hidden = keras.layers.Dense(8, activation="relu")(inputs)
+hidden = scale_layer.Scale(name="scale")(hidden)
+keras.Model(inputs, keras.layers.Dense(2)(hidden)).save(out / "scale.keras")
+"""
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def run(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run a Python subprocess as a user would, with TensorFlow's log level unset."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    return subprocess.run(
+        [sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+def normify(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return run(["-m", "normify", *args], cwd)
+
+
+def snapshot(folder: Path) -> dict[str, tuple[bytes, int] | None]:
+    """Every path under `folder` (hidden ones too) with its bytes and mtime."""
+    state: dict[str, tuple[bytes, int] | None] = {}
+    for path in sorted(folder.rglob("*")):
+        key = str(path.relative_to(folder))
+        state[key] = None if path.is_dir() else (path.read_bytes(), path.stat().st_mtime_ns)
+    return state
+
+
+def new_paths(before: dict[str, object], after: dict[str, object]) -> set[str]:
+    return set(after) - set(before)
+
+
+def assert_one_error_line(result: subprocess.CompletedProcess[str], *fragments: str) -> str:
+    """Exit 2 and exactly one stderr line, starting with the prefix and holding `fragments`."""
+    stderr = result.stderr
+    assert "Traceback" not in stderr, stderr
+    assert result.returncode == 2, (result.returncode, stderr, result.stdout)
+    assert stderr.endswith("\n") and stderr.count("\n") == 1, repr(stderr)
+    line = stderr.rstrip("\n")
+    assert line.startswith(ERROR_PREFIX), line
+    for fragment in fragments:
+        assert fragment in line, (fragment, line)
+    return line
+
+
+def assert_clean_failure(
+    result: subprocess.CompletedProcess[str],
+    before: dict[str, object],
+    after: dict[str, object],
+    *fragments: str,
+) -> str:
+    line = assert_one_error_line(result, *fragments)
+    assert after == before, f"files changed: {sorted(new_paths(before, after))}"
+    return line
+
+
+def copy_into(source: Path, folder: Path) -> str:
+    """Copy a bad input (file or folder, keeping mtimes) into `folder`; return its name."""
+    target = folder / source.name
+    if source.is_dir():
+        shutil.copytree(source, target)
+    else:
+        shutil.copy2(source, target)
+    return source.name
+
+
+def rewrite_keras(source: Path, target: Path, replace: dict[str, bytes | None]) -> None:
+    """Copy the .keras zip `source` to `target`, replacing (or dropping, for None) members."""
+    with zipfile.ZipFile(source) as old, zipfile.ZipFile(target, "w") as new:
+        for name in old.namelist():
+            if name not in replace:
+                new.writestr(name, old.read(name))
+            elif replace[name] is not None:
+                new.writestr(name, replace[name])
+
+
+# -------------------------------------------------------------------------- bad files
+
+
+def _directory(folder: Path) -> Path:
+    path = folder / "models_dir"
+    path.mkdir()
+    (path / "notes.txt").write_text("not a model\n")
+    return path
+
+
+def _empty(folder: Path) -> Path:
+    path = folder / "empty.keras"
+    path.write_bytes(b"")
+    return path
+
+
+def _truncated(folder: Path) -> Path:
+    data = MLP.read_bytes()
+    path = folder / "truncated.keras"
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+def _not_zip(folder: Path) -> Path:
+    path = folder / "text.keras"
+    path.write_text("this is a text file, not a model\n")
+    return path
+
+
+def _bad_json(folder: Path) -> Path:
+    path = folder / "bad_json.keras"
+    rewrite_keras(MLP, path, {"config.json": b'{"class_name": "Sequential", '})
+    return path
+
+
+def _no_weights(folder: Path) -> Path:
+    path = folder / "no_weights.keras"
+    rewrite_keras(MLP, path, {"model.weights.h5": None})
+    return path
+
+
+def _h5_not_model(folder: Path) -> Path:
+    path = folder / "data.h5"
+    with h5py.File(path, "w") as handle:
+        handle.create_dataset("random", data=np.random.default_rng(0).random((4, 4)))
+    return path
+
+
+def _saved_model(folder: Path) -> Path:
+    path = folder / "exported"
+    (path / "variables").mkdir(parents=True)
+    (path / "saved_model.pb").write_bytes(b"\x08\x01")
+    return path
+
+
+def _unknown_layer(folder: Path) -> Path:
+    with zipfile.ZipFile(MLP) as archive:
+        config = json.loads(archive.read("config.json"))
+    layer = next(e for e in config["config"]["layers"] if e["class_name"] == "Dropout")
+    layer.update(class_name="NoSuchLayer", module="mypkg.layers", registered_name="NoSuchLayer")
+    path = folder / "unknown_layer.keras"
+    rewrite_keras(MLP, path, {"config.json": json.dumps(config).encode()})
+    return path
+
+
+# name -> (builder of the bad input in a folder, or None for a missing file; what the
+# error line must say). `models` stands for the files written by MAKE_MODELS.
+BuildBad = Callable[[Path, Path], Path]
+BAD_INPUTS: dict[str, tuple[BuildBad | None, tuple[str, ...]]] = {
+    "missing": (None, ("no such file",)),
+    "directory": (lambda folder, models: _directory(folder), ("is a directory",)),
+    "empty": (lambda folder, models: _empty(folder), ("is empty",)),
+    "truncated": (lambda folder, models: _truncated(folder), ("truncated",)),
+    "not_zip": (lambda folder, models: _not_zip(folder), ("not a zip",)),
+    "bad_json": (lambda folder, models: _bad_json(folder), ("config.json", "not valid JSON")),
+    "no_weights": (lambda folder, models: _no_weights(folder), ("has no weights",)),
+    "weights_only": (lambda folder, models: models / "mlp.weights.h5", ("weights-only",)),
+    "renamed_weights_only": (
+        lambda folder, models: models / "renamed_weights.h5",
+        ("weights-only",),
+    ),
+    "h5_not_model": (lambda folder, models: _h5_not_model(folder), ("not a Keras model",)),
+    "saved_model": (lambda folder, models: _saved_model(folder), ("SavedModel",)),
+}
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The folder of model files that need Keras to be written (one subprocess)."""
+    folder = tmp_path_factory.mktemp("models")
+    (folder / "scale_layer.py").write_text(SCALE_LAYER)
+    result = run(["-c", MAKE_MODELS, str(folder), str(MLP)], folder)
+    assert result.returncode == 0, result.stderr
+    shutil.rmtree(folder / "__pycache__", ignore_errors=True)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def bad_inputs(tmp_path_factory: pytest.TempPathFactory, models: Path) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("bad")
+    built = {"unknown_layer": _unknown_layer(folder)}
+    for name, (build, _) in BAD_INPUTS.items():
+        built[name] = folder / "missing.keras" if build is None else build(folder, models)
+    return built
+
+
+# ------------------------------------------------------------------- bad model inputs
+
+
+@pytest.mark.parametrize("command", ["add", "audit"])
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_fails_with_one_line_and_writes_nothing(
+    command: str, case: str, bad_inputs: dict[str, Path], tmp_path: Path
+) -> None:
+    source = bad_inputs[case]
+    name = copy_into(source, tmp_path) if source.exists() else source.name
+    before = snapshot(tmp_path)
+    result = normify(command, name, cwd=tmp_path)
+    assert_clean_failure(result, before, snapshot(tmp_path), name, *BAD_INPUTS[case][1])
+
+
+# Models whose config is readable but that Keras cannot load as they are.
+UNLOADABLE = {
+    "subclassed": ("subclassed.keras", ("'Sub'", "not registered", "--custom-objects")),
+    "unknown_layer": (
+        "unknown_layer.keras",
+        ("'NoSuchLayer'", "not registered", "--custom-objects"),
+    ),
+    "lambda": ("lambda.keras", ("Lambda", "--unsafe")),
+}
+
+
+def _unloadable_path(case: str, models: Path, bad_inputs: dict[str, Path]) -> Path:
+    return bad_inputs["unknown_layer"] if case == "unknown_layer" else models / UNLOADABLE[case][0]
+
+
+@pytest.mark.parametrize("case", sorted(UNLOADABLE))
+def test_add_refuses_a_model_keras_cannot_load(
+    case: str, models: Path, bad_inputs: dict[str, Path], tmp_path: Path
+) -> None:
+    name = copy_into(_unloadable_path(case, models, bad_inputs), tmp_path)
+    before = snapshot(tmp_path)
+    result = normify("add", name, cwd=tmp_path)
+    assert_clean_failure(result, before, snapshot(tmp_path), name, *UNLOADABLE[case][1])
+
+
+@pytest.mark.parametrize(
+    ("case", "opaque_class"),
+    [("subclassed", "Sub"), ("unknown_layer", "NoSuchLayer"), ("lambda", None)],
+)
+def test_audit_reads_the_config_of_a_model_keras_cannot_load(
+    case: str,
+    opaque_class: str | None,
+    models: Path,
+    bad_inputs: dict[str, Path],
+    tmp_path: Path,
+) -> None:
+    """Audit needs no class and runs no code: it succeeds and says what it cannot see."""
+    name = copy_into(_unloadable_path(case, models, bad_inputs), tmp_path)
+    before = snapshot(tmp_path)
+    result = normify("audit", name, "--json", cwd=tmp_path)
+    assert (result.returncode, result.stderr) == (0, "")
+    assert snapshot(tmp_path) == before
+    report = json.loads(result.stdout)
+    opaque = [part["class"] for part in report["opaque"]]
+    if opaque_class is None:
+        assert opaque == []
+        assert report["summary"]["dense"]["total"] == 2
+    else:
+        assert opaque == [opaque_class]
+
+
+def test_audit_require_on_an_opaque_model_fails(models: Path, tmp_path: Path) -> None:
+    name = copy_into(models / "subclassed.keras", tmp_path)
+    before = snapshot(tmp_path)
+    result = normify("audit", name, "--require", "dense=batchnorm", cwd=tmp_path)
+    assert_clean_failure(result, before, snapshot(tmp_path), name, "cannot check --require")
+
+
+def test_add_unsafe_loads_a_lambda_model(models: Path, tmp_path: Path) -> None:
+    name = copy_into(models / "lambda.keras", tmp_path)
+    before = snapshot(tmp_path)
+    result = normify("add", name, "--unsafe", cwd=tmp_path)
+    assert (result.returncode, result.stderr) == (0, ""), result.stderr
+    assert new_paths(before, snapshot(tmp_path)) == {"lambda.normified.keras"}
+    assert (tmp_path / name).read_bytes() == (models / "lambda.keras").read_bytes()
+
+
+# --------------------------------------------------------------------- custom objects
+
+
+def test_add_names_the_unregistered_custom_layer(models: Path, tmp_path: Path) -> None:
+    name = copy_into(models / "scale.keras", tmp_path)
+    (tmp_path / "unrelated.py").write_text(UNRELATED_OBJECTS)
+    before = snapshot(tmp_path)
+    # An objects file that does not define the class helps nothing, and is not compiled
+    # into a __pycache__ beside it.
+    result = normify("add", name, "--custom-objects", "unrelated.py", cwd=tmp_path)
+    fragments = ("'Scale'", "not registered", "--custom-objects")
+    assert_clean_failure(result, before, snapshot(tmp_path), name, *fragments)
+
+
+def test_add_with_custom_objects_file_succeeds(models: Path, tmp_path: Path) -> None:
+    name = copy_into(models / "scale.keras", tmp_path)
+    copy_into(models / "scale_layer.py", tmp_path)
+    before = snapshot(tmp_path)
+    result = normify(
+        "add", name, "-o", "out.keras", "--custom-objects", "scale_layer.py", cwd=tmp_path
+    )
+    assert (result.returncode, result.stderr) == (0, ""), result.stderr
+    assert "wrote out.keras (1 norm layer(s) inserted)" in result.stdout
+    assert new_paths(before, snapshot(tmp_path)) == {"out.keras"}
+
+
+# ----------------------------------------------------------------------- output paths
+
+
+@pytest.mark.parametrize(
+    ("output", "extra", "fragments"),
+    [
+        ("out.keras", (), ("out.keras", "already exists", "--force")),
+        ("./in.keras", ("--force",), ("in.keras", "is the input")),
+        ("no_such_dir/out.keras", (), ("no_such_dir/out.keras", "folder does not exist")),
+        ("out.txt", (), ("out.txt", "must end in .keras")),
+    ],
+    ids=["exists", "is_input", "no_folder", "bad_suffix"],
+)
+def test_add_refuses_the_output_path(
+    output: str, extra: tuple[str, ...], fragments: tuple[str, ...], tmp_path: Path
+) -> None:
+    copy_into(MLP, tmp_path)
+    (tmp_path / "mlp.keras").rename(tmp_path / "in.keras")
+    (tmp_path / "out.keras").write_bytes(b"an earlier result")
+    before = snapshot(tmp_path)
+    result = normify("add", "in.keras", "-o", output, *extra, cwd=tmp_path)
+    assert_clean_failure(result, before, snapshot(tmp_path), *fragments)
+
+
+# ------------------------------------------------------------------ quiet and lazy
+
+
+def test_successful_add_prints_nothing_on_stderr(tmp_path: Path) -> None:
+    result = normify("add", str(MLP), "-o", "out.keras", cwd=tmp_path)
+    assert (result.returncode, result.stderr) == (0, "")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.keras"]
+
+
+def test_successful_audit_prints_nothing_on_stderr(tmp_path: Path) -> None:
+    result = normify("audit", str(CNN), cwd=tmp_path)
+    assert (result.returncode, result.stderr) == (0, "")
+    assert "conv2d" in result.stdout
+    assert list(tmp_path.iterdir()) == []
+
+
+NO_BACKEND = (
+    "import sys; "
+    "loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras')); "
+    "assert not loaded, loaded"
+)
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "import normify",
+        "from normify.cli import main; assert main(['--help'], standalone_mode=False) == 0",
+        "from normify.cli import main; assert main(['--version'], standalone_mode=False) == 0",
+        f"from normify.cli import main; main(['audit', {str(CNN)!r}], standalone_mode=False)",
+    ],
+    ids=["import", "help", "version", "audit"],
+)
+def test_no_backend_is_imported(code: str, tmp_path: Path) -> None:
+    result = run(["-c", f"{code}\n{NO_BACKEND}"], tmp_path)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("flag", ["--help", "--version"])
+def test_help_and_version_exit_zero(flag: str, tmp_path: Path) -> None:
+    result = normify(flag, cwd=tmp_path)
+    assert (result.returncode, result.stderr) == (0, "")
+    assert "normify" in result.stdout
