@@ -162,15 +162,23 @@ def load_custom_objects(files: Iterable[str | os.PathLike[str]]) -> dict[str, An
     Returns the classes and functions they define, so unregistered classes are found too.
     """
     found: dict[str, Any] = {}
-    for index, file in enumerate(files):
-        file = Path(file)
+    files = [Path(file) for file in files]
+    for file in files:
         if not file.is_file():
             raise NormifyError("custom objects file does not exist", file)
+    # These files import Keras themselves; import it quietly first, or TensorFlow's
+    # notices reach stderr when they do.
+    from normify.backend import keras
+
+    keras()
+    for index, file in enumerate(files):
         spec = importlib.util.spec_from_file_location(f"normify_custom_objects_{index}", file)
         if spec is None or spec.loader is None:
             raise NormifyError("cannot be imported as a Python module", file)
         module = importlib.util.module_from_spec(spec)
         sys.modules[spec.name] = module
+        # No __pycache__ beside the user's file: normify writes nothing but its output.
+        previous, sys.dont_write_bytecode = sys.dont_write_bytecode, True
         try:
             spec.loader.exec_module(module)
         except Exception as error:
@@ -178,6 +186,8 @@ def load_custom_objects(files: Iterable[str | os.PathLike[str]]) -> dict[str, An
                 f"importing custom objects failed: {type(error).__name__}: {_first_line(error)}",
                 file,
             ) from None
+        finally:
+            sys.dont_write_bytecode = previous
         declared = getattr(module, "custom_objects", None)
         if isinstance(declared, dict):
             found.update(declared)

@@ -75,7 +75,7 @@ def norm_config(norm: str, name: str, axis: int, dtype: Any) -> tuple[str, dict[
     elif norm == "layernorm":
         config["epsilon"] = LAYERNORM_EPSILON
     elif norm == "groupnorm":
-        config["groups"] = None  # resolved from the channel count when the layer is built
+        config["groups"] = None  # set by the caller, who knows the channel count
     elif norm == "rmsnorm":
         config["epsilon"] = RMSNORM_EPSILON
     if dtype is not None:

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from normify import kinds, norms
+from normify import kinds
 from normify.errors import NormifyError
 from normify.graph import (
     INSERTED,
@@ -101,8 +101,6 @@ class _Builder:
             kwargs = map_leaves(fill, node.kwargs)
             if spec.status != KEPT:
                 kwargs = _accepted_kwargs(operation, kwargs)
-            if spec.status == INSERTED and spec.class_name == "GroupNormalization":
-                _resolve_groups(operation, args[0], spec)
             outputs = operation(*args, **kwargs)
             flat = list(_flatten(outputs))
             for index, tensor in enumerate(flat):
@@ -153,8 +151,10 @@ class _Builder:
         for new, spec, graph in self.pending:
             if spec.status == INSERTED:
                 self._initialize_inserted(new, spec, graph)
+            elif spec.status == KEPT:
+                copy_recreated_variables(spec.obj, new)
             else:
-                copy_variables(spec.obj, new, require_all=spec.status == KEPT)
+                copy_variables(spec.obj, new, require_all=False)
 
     def _initialize_inserted(self, new: Any, spec: LayerSpec, graph: Graph) -> None:
         for variable in new.weights:
@@ -199,14 +199,6 @@ def _accepted_kwargs(operation: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in kwargs.items() if key in parameters}
 
 
-def _resolve_groups(layer: Any, tensor: Any, spec: LayerSpec) -> None:
-    axis = spec.config.get("axis", -1)
-    channels = tensor.shape[axis]
-    if channels is None:
-        raise RebuildError(f"cannot choose groups for {spec.name}: channel count unknown")
-    layer.groups = norms.largest_group_count(int(channels))
-
-
 # ------------------------------------------------------------------------ variable keys
 
 
@@ -238,6 +230,26 @@ def find_variable(layer: Any, key: str) -> Any:
     if len(matches) != 1:
         raise RebuildError(f"layer {layer.name} has no single variable {key!r}")
     return matches[0]
+
+
+def copy_recreated_variables(source: Any, target: Any) -> None:
+    """Copy all variables into an unchanged layer recreated from its own config.
+
+    Matched by key where the keys agree. Some layers name their variables with Keras'
+    auto-numbering (`variable_18`), which differs after recreation; the same class built
+    from the same config creates the same variables in the same order, so for those the
+    order is used, with every shape checked.
+    """
+    source_vars, target_vars = variables_by_key(source), variables_by_key(target)
+    if set(source_vars) == set(target_vars):
+        copy_variables(source, target, require_all=True)
+        return
+    if len(source.weights) != len(target.weights):
+        raise RebuildError(f"layer {source.name}: variables differ after recreation")
+    for original, variable in zip(source.weights, target.weights, strict=True):
+        if tuple(original.shape) != tuple(variable.shape):
+            raise RebuildError(f"layer {source.name}: variable shapes differ after recreation")
+        variable.assign(original.value)
 
 
 def copy_variables(source: Any, target: Any, require_all: bool) -> None:

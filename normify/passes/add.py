@@ -137,6 +137,8 @@ def _insert(
     axis = norms.channel_axis(spec.class_name, spec.config)
     dtype = norms.plain_dtype(spec.config)
     norm_class, norm_cfg = norms.norm_config(norm, norm_name, axis, dtype)
+    if norm == "groupnorm":
+        norm_cfg["groups"] = _group_count(spec, axis)
     init: dict[str, Any] = {}
     if norm == "batchnorm":
         init["moving_mean"] = 0.0
@@ -305,6 +307,16 @@ def _rename_layer(graph: Graph, old: str, new: str) -> None:
             other.init = {key: rename_ref(value) for key, value in other.init.items()}
 
 
+def _group_count(spec: LayerSpec, axis: int) -> int | None:
+    """Groups for a GroupNormalization after this layer: the largest divisor of its channel
+    count that is at most 32. Known only for graphs built from a live model (a plan read
+    from a file shows None: chosen when the model is built)."""
+    if spec.obj is None or not getattr(spec.obj, "_inbound_nodes", None):
+        return None
+    channels = spec.obj._inbound_nodes[0].output_tensors[0].shape[axis]
+    return norms.largest_group_count(int(channels)) if channels else None
+
+
 def _activation_config(spec: LayerSpec) -> Any:
     _, config = kinds.innermost(spec.class_name, spec.config)
     return config.get("activation")
@@ -313,14 +325,12 @@ def _activation_config(spec: LayerSpec) -> Any:
 def _has_per_channel_bias(spec: LayerSpec) -> bool:
     """Whether the layer's bias is one value per output channel (so BN's beta can hold it)."""
     class_name, config = kinds.innermost(spec.class_name, spec.config)
-    if not config.get("use_bias", class_name != "EinsumDense"):
-        return False
     if class_name == "EinsumDense":
         bias_axes = config.get("bias_axes") or ""
         equation = str(config.get("equation", ""))
         output_spec = equation.split("->")[-1]
         return len(bias_axes) == 1 and output_spec.endswith(bias_axes)
-    return True
+    return bool(config.get("use_bias", True))
 
 
 def _linear_config(
@@ -342,7 +352,9 @@ def _linear_config(
         return config
     if drop_activation:
         config["activation"] = "linear"
-    if drop_bias:
+    if drop_bias and class_name == "EinsumDense":
+        config["bias_axes"] = None
+    elif drop_bias:
         config["use_bias"] = False
     return config
 
