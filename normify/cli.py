@@ -124,7 +124,8 @@ def audit(model: Path, as_json: bool, requirements: tuple[str, ...], strict: boo
 
         from normify.audit import render_table
 
-        render_table(report, Console(width=max(120, Console().width)))
+        # Piped output is not wrapped at 80 columns: it is read by tools and CI logs.
+        render_table(report, Console() if sys.stdout.isatty() else Console(width=200))
         for violation in violations:
             found = violation.found or "no norm"
             click.echo(
