@@ -126,6 +126,9 @@ def add(
     rules = Rules(dense, conv, rnn, position, tuple(include), tuple(exclude), include_output)
     notices: list[str] = []
     if isinstance(model_or_path, (str, os.PathLike)):
+        # A model normify cannot rewrite is refused from its config, before Keras loads it.
+        config_graph = graphs.from_config(io.read_config(model_or_path), source=model_or_path)
+        _require_rewritable(config_graph, str(model_or_path))
         loaded = io.load_model(model_or_path, safe_mode=safe_mode, custom_objects=custom_objects)
         original, share, name = loaded.model, True, str(loaded.path)
         notices.extend(loaded.notices)

@@ -162,8 +162,8 @@ def load_custom_objects(files: Iterable[str | os.PathLike[str]]) -> dict[str, An
     Returns the classes and functions they define, so unregistered classes are found too.
     """
     found: dict[str, Any] = {}
-    files = [Path(file) for file in files]
-    for file in files:
+    paths = [Path(file) for file in files]
+    for file in paths:
         if not file.is_file():
             raise NormifyError("custom objects file does not exist", file)
     # These files import Keras themselves; import it quietly first, or TensorFlow's
@@ -171,7 +171,7 @@ def load_custom_objects(files: Iterable[str | os.PathLike[str]]) -> dict[str, An
     from normify.backend import keras
 
     keras()
-    for index, file in enumerate(files):
+    for index, file in enumerate(paths):
         spec = importlib.util.spec_from_file_location(f"normify_custom_objects_{index}", file)
         if spec is None or spec.loader is None:
             raise NormifyError("cannot be imported as a Python module", file)
@@ -250,6 +250,16 @@ _UNKNOWN_CLASS = re.compile(
     r"(?:Could not locate (?:class|function) |Unknown (?:layer|object|class)[:\s]+)'?([\w.>]+)'?"
 )
 
+# h5py's words for a weights file it cannot open; the archive itself was checked already.
+# h5py 3 says "Unable to synchronously open file (file signature not found)" for garbage.
+_CORRUPT_WEIGHTS = (
+    "truncated",
+    "unable to open file",
+    "unable to synchronously open file",
+    "file signature not found",
+    "bad magic",
+)
+
 
 def describe_load_error(error: BaseException) -> str | None:
     """A one-line explanation for load errors with a known cause, or None."""
@@ -267,7 +277,7 @@ def describe_load_error(error: BaseException) -> str | None:
             "(pass --custom-objects FILE.py that defines and registers it)"
         )
     lowered = text.lower()
-    if "truncated" in lowered or "unable to open file" in lowered or "bad magic" in lowered:
+    if any(sign in lowered for sign in _CORRUPT_WEIGHTS):
         return f"has corrupt weights ({_first_line(error)})"
     if isinstance(error, (zipfile.BadZipFile, EOFError)):
         return f"is truncated or corrupt ({_first_line(error)})"

@@ -112,7 +112,8 @@ def test_dry_run_json_does_not_import_tensorflow():
     code = (
         "import sys, json\n"
         "from normify.cli import main\n"
-        f"main(['add', {str(FIXTURES / 'nested.keras')!r}, '--dry-run', '--json'], standalone_mode=False)\n"
+        f"argv = ['add', {str(FIXTURES / 'nested.keras')!r}, '--dry-run', '--json']\n"
+        "main(argv, standalone_mode=False)\n"
         "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules\n"
     )
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -16,7 +16,6 @@ import os
 import shutil
 import subprocess
 import sys
-import textwrap
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -240,6 +239,12 @@ def _saved_model(folder: Path) -> Path:
     return path
 
 
+def _corrupt_weights(folder: Path) -> Path:
+    path = folder / "corrupt_weights.keras"
+    rewrite_keras(MLP, path, {"model.weights.h5": b"not hdf5 " * 100})
+    return path
+
+
 def _unknown_layer(folder: Path) -> Path:
     with zipfile.ZipFile(MLP) as archive:
         config = json.loads(archive.read("config.json"))
@@ -285,7 +290,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def bad_inputs(tmp_path_factory: pytest.TempPathFactory, models: Path) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("bad")
-    built = {"unknown_layer": _unknown_layer(folder)}
+    built = {"unknown_layer": _unknown_layer(folder), "corrupt_weights": _corrupt_weights(folder)}
     for name, (build, _) in BAD_INPUTS.items():
         built[name] = folder / "missing.keras" if build is None else build(folder, models)
     return built
@@ -306,9 +311,12 @@ def test_bad_input_fails_with_one_line_and_writes_nothing(
     assert_clean_failure(result, before, snapshot(tmp_path), name, *BAD_INPUTS[case][1])
 
 
-# Models whose config is readable but that Keras cannot load as they are.
+# Models whose config is readable but that Keras cannot load as they are: `add` fails,
+# `audit` (config only) succeeds.
 UNLOADABLE = {
-    "subclassed": ("subclassed.keras", ("'Sub'", "not registered", "--custom-objects")),
+    "corrupt_weights": ("corrupt_weights.keras", ("has corrupt weights",)),
+    # refused from its config (a subclass normify cannot rewrite) before Keras loads it
+    "subclassed": ("subclassed.keras", ("Sub", "model subclass", "Functional and Sequential")),
     "unknown_layer": (
         "unknown_layer.keras",
         ("'NoSuchLayer'", "not registered", "--custom-objects"),
@@ -318,7 +326,7 @@ UNLOADABLE = {
 
 
 def _unloadable_path(case: str, models: Path, bad_inputs: dict[str, Path]) -> Path:
-    return bad_inputs["unknown_layer"] if case == "unknown_layer" else models / UNLOADABLE[case][0]
+    return bad_inputs[case] if case in bad_inputs else models / UNLOADABLE[case][0]
 
 
 @pytest.mark.parametrize("case", sorted(UNLOADABLE))
@@ -332,12 +340,18 @@ def test_add_refuses_a_model_keras_cannot_load(
 
 
 @pytest.mark.parametrize(
-    ("case", "opaque_class"),
-    [("subclassed", "Sub"), ("unknown_layer", "NoSuchLayer"), ("lambda", None)],
+    ("case", "opaque", "dense"),
+    [
+        ("subclassed", ["Sub"], 0),
+        ("unknown_layer", ["NoSuchLayer"], 3),
+        ("lambda", [], 2),
+        ("corrupt_weights", [], 3),
+    ],
 )
 def test_audit_reads_the_config_of_a_model_keras_cannot_load(
     case: str,
-    opaque_class: str | None,
+    opaque: list[str],
+    dense: int,
     models: Path,
     bad_inputs: dict[str, Path],
     tmp_path: Path,
@@ -349,12 +363,8 @@ def test_audit_reads_the_config_of_a_model_keras_cannot_load(
     assert (result.returncode, result.stderr) == (0, "")
     assert snapshot(tmp_path) == before
     report = json.loads(result.stdout)
-    opaque = [part["class"] for part in report["opaque"]]
-    if opaque_class is None:
-        assert opaque == []
-        assert report["summary"]["dense"]["total"] == 2
-    else:
-        assert opaque == [opaque_class]
+    assert [part["class"] for part in report["opaque"]] == opaque
+    assert report["summary"]["dense"]["total"] == dense
 
 
 def test_audit_require_on_an_opaque_model_fails(models: Path, tmp_path: Path) -> None:
@@ -381,8 +391,15 @@ def test_add_names_the_unregistered_custom_layer(models: Path, tmp_path: Path) -
     (tmp_path / "unrelated.py").write_text(UNRELATED_OBJECTS)
     before = snapshot(tmp_path)
     # An objects file that does not define the class helps nothing, and is not compiled
-    # into a __pycache__ beside it.
-    result = normify("add", name, "--custom-objects", "unrelated.py", cwd=tmp_path)
+    # into a __pycache__ beside it. PYTHONDONTWRITEBYTECODE (set in some environments)
+    # would hide that, so the CLI runs with bytecode writing on once Keras is imported.
+    argv = ["add", name, "--custom-objects", "unrelated.py"]
+    code = (
+        "import sys; from normify.backend import keras; keras(); "
+        "import normify.api, normify.cli, normify.io, normify.rebuild; "
+        f"sys.dont_write_bytecode = False; normify.cli.main({argv!r})"
+    )
+    result = run(["-c", code], tmp_path)
     fragments = ("'Scale'", "not registered", "--custom-objects")
     assert_clean_failure(result, before, snapshot(tmp_path), name, *fragments)
 
@@ -397,6 +414,12 @@ def test_add_with_custom_objects_file_succeeds(models: Path, tmp_path: Path) -> 
     assert (result.returncode, result.stderr) == (0, ""), result.stderr
     assert "wrote out.keras (1 norm layer(s) inserted)" in result.stdout
     assert new_paths(before, snapshot(tmp_path)) == {"out.keras"}
+
+
+def test_add_refuses_a_missing_custom_objects_file(tmp_path: Path) -> None:
+    before = snapshot(tmp_path)
+    result = normify("add", str(MLP), "--custom-objects", "nope.py", cwd=tmp_path)
+    assert_clean_failure(result, before, snapshot(tmp_path), "nope.py", "does not exist")
 
 
 # ----------------------------------------------------------------------- output paths

@@ -92,7 +92,8 @@ def test_keras2_inbound_node_format():
         "config": {
             "name": "old",
             "layers": [
-                {"class_name": "InputLayer", "name": "in", "config": {"name": "in"}, "inbound_nodes": []},
+                {"class_name": "InputLayer", "name": "in", "config": {"name": "in"},
+                 "inbound_nodes": []},
                 {"class_name": "Dense", "name": "d", "config": {"name": "d", "activation": "relu"},
                  "inbound_nodes": [[["in", 0, 0, {}]]]},
                 {"class_name": "Dense", "name": "e", "config": {"name": "e"},
