@@ -127,9 +127,17 @@ class _Builder:
                 return self._original(spec)
             return self.model(spec.subgraph)
         if spec.status == KEPT:
+            original = self._original(spec)
             if self.share or spec.kind == kinds.OP:
-                return self._original(spec)
-            new = _from_config(type(self._original(spec)), spec.obj.get_config())
+                return original
+            try:
+                new = _from_config(type(original), original.get_config())
+            except RebuildError:
+                if original.weights:
+                    raise
+                # A weightless layer that cannot be recreated (a Lambda in safe mode) holds
+                # nothing to share: reuse it.
+                return original
         elif spec.status == MODIFIED:
             new = _from_config(type(self._original(spec)), spec.config)
         elif spec.status == INSERTED:
