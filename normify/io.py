@@ -342,10 +342,18 @@ def atomic_path(output: Path) -> Iterator[Path]:
         yield temporary_path
         with open(temporary_path, "rb") as written:
             os.fsync(written.fileno())
+        # mkstemp creates the file private (0600); give it the mode a new file gets.
+        os.chmod(temporary_path, 0o666 & ~_current_umask())
         os.replace(temporary_path, output)
     finally:
         with contextlib.suppress(FileNotFoundError):
             temporary_path.unlink()
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def save_model(model: Any, output: str | os.PathLike[str]) -> Path:

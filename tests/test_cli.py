@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -77,6 +78,9 @@ def test_add_default_output_name_dry_run_and_idempotence(tmp_path):
     assert done.exit_code == 0
     output = tmp_path / "mlp.normified.keras"
     assert output.is_file()
+    umask = os.umask(0)
+    os.umask(umask)
+    assert output.stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's private 0600
     assert "wrote" in done.output and "2 norm layer(s) inserted" in done.output
 
     again = run("add", output, "-o", tmp_path / "again.keras", "--json")
