@@ -97,10 +97,13 @@ def replace_section(name: str, body: str, path: Path = RESULTS_PATH) -> Path:
         if finish == -1 or text.find(start, begin + len(start), finish) != -1:
             raise ValueError(f"{path}: section {name!r} has no matching {end!r}")
         new_text = text[:begin] + block + text[finish + len(end) :]
+    # mkstemp creates the file 0600; keep the old file's mode, or the usual 0644 for a new one.
+    mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", text=True)
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as out:
             out.write(new_text)
+        os.chmod(temporary, mode)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

@@ -41,7 +41,7 @@ from importlib import metadata
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import RESULTS_PATH, machine_summary, replace_section  # noqa: E402
+from _results import RESULTS_PATH, machine_summary, replace_section, usable_cores  # noqa: E402
 
 SECTION = "audit_speed"
 DEFAULT_MODELS = ("ResNet50", "DenseNet121", "EfficientNetB0")
@@ -261,6 +261,7 @@ def render(
     checks: dict[tuple[str, str], Check],
     repeat: int,
     timing: bool,
+    conditions: str,
 ) -> str:
     """The markdown report: a table of every measurement, then one line per target."""
     rows = [
@@ -299,6 +300,7 @@ def render(
         "",
         f"Wall-clock time of whole processes, {repeat} run(s) of each, alternating "
         "audit and load_model; none discarded.",
+        conditions,
         "",
         *rows,
         "",
@@ -313,6 +315,32 @@ def file_size(path: Path) -> str:
     """Model size next to its name: load_model time grows with it, audit time should not."""
     size = path.stat().st_size
     return f"{size / 1e6:.1f} MB" if size >= 1e6 else f"{size / 1e3:.0f} kB"
+
+
+def load_average() -> float | None:
+    """The 1-minute load average, or None where the OS does not report one."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
+def describe_conditions(before: float | None, after: float | None) -> str:
+    """Say what else could have skewed the numbers, so a reader can discount them.
+
+    Other work on the machine inflates every timing; PYTHONDONTWRITEBYTECODE makes each
+    process recompile normify's modules (an editable install then has no .pyc at all),
+    which an installed wheel would not pay.
+    """
+    parts = []
+    if before is not None and after is not None:
+        parts.append(
+            f"1-minute load average {before:.2f} before, {after:.2f} after "
+            f"({usable_cores()} usable cores)."
+        )
+    if os.environ.get("PYTHONDONTWRITEBYTECODE"):
+        parts.append("PYTHONDONTWRITEBYTECODE was set: no bytecode cache for uncompiled modules.")
+    return " ".join(parts)
 
 
 def log(message: str) -> None:
@@ -374,12 +402,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     timing = args.repeat >= MIN_REPEAT
     try:
         paths = ensure_models(list(dict.fromkeys(args.models)), args.cache)
+        load_before = load_average()
         results, imports, helps = measure(paths, args.repeat)
+        conditions = describe_conditions(load_before, load_average())
     except BenchmarkError as error:
         print(f"audit_speed: error: {error}", file=sys.stderr)
         return 2
     checks = judge(results, imports, helps, timing)
-    report = render(results, imports, helps, checks, args.repeat, timing)
+    report = render(results, imports, helps, checks, args.repeat, timing, conditions)
     sys.stdout.write(report)
     if args.write_results:
         written = replace_section(SECTION, report, args.results_file)

@@ -48,7 +48,10 @@ def test_audit_speed_smoke(tmp_path: Path) -> None:
     assert "| measurement | model | runs | median (s) | min (s) | target | result |" in out
     for row in ("`normify audit X --json`", "`keras.saving.load_model(X)`", "`normify --help`"):
         assert row in out
-    assert "FAIL" not in out.replace("no tensorflow/keras", "")  # timings are not judged
+    # Timings are SKIP in a smoke run; the one judged check is the deterministic
+    # "no tensorflow/keras after audit", which must hold on any machine.
+    assert "Timing targets not judged" in out
+    assert "- FAIL" not in out
     assert list((tmp_path / "cache").glob("tiny-keras*.keras"))
 
 
