@@ -37,10 +37,21 @@ class TensorRef:
 
 @dataclass(frozen=True)
 class WeightFrom:
-    """An initial value taken from a variable of another layer in the same graph."""
+    """An initial value taken from a variable of an original layer (`source`)."""
 
-    layer: str
+    source: LayerSpec = field(compare=False)
     variable: str
+
+    @property
+    def layer(self) -> str:
+        return self.source.renamed_from or self.source.name
+
+
+@dataclass(frozen=True)
+class FoldedFrom:
+    """The layer's kernel and bias absorb this inference-mode BatchNormalization."""
+
+    batchnorm: LayerSpec = field(compare=False)
 
 
 @dataclass

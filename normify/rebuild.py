@@ -171,7 +171,7 @@ class _Builder:
                 continue
             value = spec.init[key]
             if isinstance(value, WeightFrom):
-                value = find_variable(graph.layers[value.layer].obj, value.variable).numpy()
+                value = find_variable(value.source.obj, value.variable).numpy()
             variable.assign(
                 np.broadcast_to(np.asarray(value, dtype=variable.dtype), variable.shape)
             )

@@ -144,7 +144,7 @@ def _insert(
         init["moving_mean"] = 0.0
         init["moving_variance"] = norms.identity_moving_variance(norm_cfg["epsilon"])
         init["gamma"] = 1.0
-        init["beta"] = WeightFrom(layer_name, "bias") if bias_moved else 0.0
+        init["beta"] = WeightFrom(spec, "bias") if bias_moved else 0.0
     new_specs = [
         LayerSpec(
             norm_name, norm_class, "keras.layers", norm_cfg, kinds.NORM, status=INSERTED, init=init
@@ -288,8 +288,6 @@ def _rename_layer(graph: Graph, old: str, new: str) -> None:
     def rename_ref(value: Any) -> Any:
         if isinstance(value, TensorRef) and value.node in id_map:
             return TensorRef(id_map[value.node], value.index)
-        if isinstance(value, WeightFrom) and value.layer == old:
-            return WeightFrom(new, value.variable)
         return value
 
     nodes = {}
@@ -302,9 +300,6 @@ def _rename_layer(graph: Graph, old: str, new: str) -> None:
     graph.nodes = nodes
     graph.outputs = map_leaves(rename_ref, graph.outputs)
     graph.inputs = map_leaves(rename_ref, graph.inputs)
-    for other in graph.layers.values():
-        if other.init:
-            other.init = {key: rename_ref(value) for key, value in other.init.items()}
 
 
 def _group_count(spec: LayerSpec, axis: int) -> int | None:
