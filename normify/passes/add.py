@@ -31,10 +31,10 @@ from normify.graph import (
     Node,
     TensorRef,
     WeightFrom,
-    all_layer_names,
     map_leaves,
     node_id,
 )
+from normify.passes.edit import Editor, consumers, output_refs, splice
 from normify.rules import Decision, Rules
 
 
@@ -71,42 +71,25 @@ def add_norms(
     graph: Graph, decisions: list[Decision], rules: Rules
 ) -> tuple[Graph, list[Insertion]]:
     """A new graph with a norm inserted for every `insert` decision, and what was inserted."""
-    root = graph.copy()
-    taken = all_layer_names(graph)
+    editor = Editor(graph)
     insertions = []
     for decision in decisions:
         if not decision.insert:
             continue
         owner_path, _, layer_name = decision.path.rpartition("/")
-        owner = _editable_graph(root, owner_path)
+        owner = editor.graph_at(owner_path)
         insertions.append(
             _insert(
-                owner, layer_name, decision, rules, taken, is_top=owner is root, prefix=owner_path
+                owner,
+                layer_name,
+                decision,
+                rules,
+                editor,
+                is_top=owner is editor.root,
+                prefix=owner_path,
             )
         )
-    return root, insertions
-
-
-def _editable_graph(root: Graph, owner_path: str) -> Graph:
-    """The graph at `owner_path`, copied (with every graph above it) so it can be edited."""
-    graph = root
-    for part in owner_path.split("/") if owner_path else []:
-        spec = graph.layers[part]
-        assert spec.subgraph is not None
-        if spec.status != MODIFIED:
-            spec.subgraph = spec.subgraph.copy()
-            spec.status = MODIFIED
-        graph = spec.subgraph
-    return graph
-
-
-def _unique(base: str, taken: set[str]) -> str:
-    name, counter = base, 1
-    while name in taken:
-        name = f"{base}_{counter}"
-        counter += 1
-    taken.add(name)
-    return name
+    return editor.root, insertions
 
 
 def _insert(
@@ -114,7 +97,7 @@ def _insert(
     layer_name: str,
     decision: Decision,
     rules: Rules,
-    taken: set[str],
+    editor: Editor,
     is_top: bool,
     prefix: str,
 ) -> Insertion:
@@ -133,7 +116,7 @@ def _insert(
     )
     bias_moved = norm == "batchnorm" and direct_after_linear and _has_per_channel_bias(spec)
 
-    norm_name = _unique(f"{layer_name}_{norms.SUFFIXES[norm]}", taken)
+    norm_name = editor.unique(f"{layer_name}_{norms.SUFFIXES[norm]}")
     axis = norms.channel_axis(spec.class_name, spec.config)
     dtype = norms.plain_dtype(spec.config)
     norm_class, norm_cfg = norms.norm_config(norm, norm_name, axis, dtype)
@@ -152,7 +135,7 @@ def _insert(
     ]
     activation_name = None
     if split:
-        activation_name = _unique(f"{layer_name}_act", taken)
+        activation_name = editor.unique(f"{layer_name}_act")
         activation_cfg = {"name": activation_name, "activation": _activation_config(spec)}
         if dtype is not None:
             activation_cfg["dtype"] = dtype
@@ -190,12 +173,12 @@ def _insert(
         for new_node in chain:
             new_node.args = (previous,)
             previous = TensorRef(new_node.id, 0)
-        if is_top and source in _output_refs(graph):
+        if is_top and source in output_refs(graph):
             renamed = renamed or (source.node, previous.node)
-        _splice(graph, source, chain, previous)
+        splice(graph, source, chain, previous)
 
     if renamed is not None:
-        renamed = _keep_output_name(graph, renamed[0], renamed[1], taken)
+        renamed = _keep_output_name(graph, renamed[0], renamed[1], editor)
         if new_specs[-1].name == norm_name:
             norm_name = renamed[0]
     return Insertion(
@@ -217,43 +200,17 @@ def _activation_consumers(graph: Graph, layer_name: str) -> list[Node] | None:
     found = []
     for node in graph.nodes_of(layer_name):
         source = TensorRef(node.id, 0)
-        consumers = [other for other in graph.nodes.values() if source in other.inputs]
-        if source in _output_refs(graph) or len(consumers) != 1:
+        readers = consumers(graph, source)
+        if source in output_refs(graph) or len(readers) != 1:
             return None
-        consumer_spec = graph.layers[consumers[0].layer]
-        if not kinds.is_activation_layer(consumer_spec.class_name, consumer_spec.config):
+        reader_spec = graph.layers[readers[0].layer]
+        if not kinds.is_activation_layer(reader_spec.class_name, reader_spec.config):
             return None
-        found.append(consumers[0])
+        found.append(readers[0])
     return found
 
 
-def _output_refs(graph: Graph) -> list[TensorRef]:
-    from normify.graph import tensor_refs
-
-    return tensor_refs(graph.outputs)
-
-
-def _splice(graph: Graph, source: TensorRef, chain: list[Node], last: TensorRef) -> None:
-    """Insert `chain` after `source`'s node and make every consumer of `source` read `last`."""
-    chain_ids = {node.id for node in chain}
-
-    def redirect(value: Any) -> Any:
-        return last if value == source else value
-
-    nodes: dict[str, Node] = {}
-    for current in graph.nodes.values():
-        if current.id not in chain_ids and source in current.inputs:
-            current.args = map_leaves(redirect, current.args)
-            current.kwargs = map_leaves(redirect, current.kwargs)
-        nodes[current.id] = current
-        if current.id == source.node:
-            for new_node in chain:
-                nodes[new_node.id] = new_node
-    graph.nodes = nodes
-    graph.outputs = map_leaves(redirect, graph.outputs)
-
-
-def _keep_output_name(graph: Graph, producer: str, last: str, taken: set[str]) -> tuple[str, str]:
+def _keep_output_name(graph: Graph, producer: str, last: str, editor: Editor) -> tuple[str, str]:
     """Model outputs are named after the layer producing them: give that name back.
 
     The layer that produced the output is renamed `<name>_core`, and the last inserted
@@ -261,7 +218,7 @@ def _keep_output_name(graph: Graph, producer: str, last: str, taken: set[str]) -
     """
     producer_layer = graph.nodes[producer].layer
     last_layer = graph.nodes[last].layer
-    core_name = _unique(f"{producer_layer}_core", taken)
+    core_name = editor.unique(f"{producer_layer}_core")
     _rename_layer(graph, producer_layer, core_name)
     _rename_layer(graph, last_layer, producer_layer)
     return producer_layer, core_name

@@ -1,0 +1,123 @@
+"""Reading the tensors that flow into or out of layers, including inside nested models.
+
+A Keras model cannot expose a tensor of a nested model directly, so a `Probe` builds one
+model per nesting level: it outputs the requested tensors of that level and the inputs of
+the nested models that hold further requests, which are fed to the nested level's probe.
+A layer called several times yields one array per call.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+INPUT = "input"
+OUTPUT = "output"
+
+
+@dataclass
+class _Level:
+    model: Any  # the probe model of this level (None when nothing is requested here)
+    # In probe output order: ("local", path) for one tensor of this level, or
+    # ("nested", (probe, count)) for the `count` inputs of a nested model's call.
+    order: list[tuple[str, Any]]
+
+
+class Probe:
+    """Maps a batch of model inputs to the input or output tensors of chosen layers."""
+
+    def __init__(self, model: Any, requests: dict[str, str]) -> None:
+        from normify.backend import keras
+
+        self.keras = keras()
+        self.model = model
+        self.level = self._build(model, requests)
+
+    def _build(self, model: Any, requests: dict[str, str]) -> _Level:
+        graph_model = getattr(model, "_functional", None) or model
+        nodes = [node for level in graph_model._nodes_by_depth.values() for node in level]
+        local_requests = {p: side for p, side in requests.items() if "/" not in p}
+        nested_requests: dict[str, dict[str, str]] = defaultdict(dict)
+        for path, side in requests.items():
+            if "/" in path:
+                head, rest = path.split("/", 1)
+                nested_requests[head][rest] = side
+        outputs: list[Any] = []
+        order: list[tuple[str, Any]] = []
+        found: set[str] = set()
+        for node in nodes:
+            name = getattr(node.operation, "name", None)
+            if name in local_requests:
+                side = local_requests[name]
+                tensors = node.input_tensors if side == INPUT else node.output_tensors
+                outputs.append(tensors[0])
+                order.append(("local", name))
+                found.add(name)
+            if name in nested_requests and node.input_tensors:
+                sub_probe = Probe(node.operation, nested_requests[name])
+                outputs.extend(node.input_tensors)
+                order.append(("nested", (sub_probe, len(node.input_tensors))))
+                found.add(name)
+        missing = (set(local_requests) | set(nested_requests)) - found
+        if missing:
+            raise ValueError(f"layers not found in {model.name}: {sorted(missing)}")
+        probe_model = self.keras.Model(graph_model.inputs, outputs) if outputs else None
+        return _Level(probe_model, order)
+
+    def __call__(self, batch: list[np.ndarray]) -> dict[str, list[np.ndarray]]:
+        found: dict[str, list[np.ndarray]] = defaultdict(list)
+        if self.level.model is None:
+            return found
+        values = self.level.model(list(batch), training=False)
+        values = list(values) if isinstance(values, (list, tuple)) else [values]
+        arrays = [np.asarray(self.keras.ops.convert_to_numpy(value)) for value in values]
+        position = 0
+        for kind, item in self.level.order:
+            if kind == "local":
+                found[item].append(arrays[position])
+                position += 1
+                continue
+            sub_probe, count = item
+            prefix = sub_probe.model.name + "/"
+            for path, inner_values in sub_probe(arrays[position : position + count]).items():
+                found[prefix + path].extend(inner_values)
+            position += count
+        return found
+
+
+class ChannelMoments:
+    """Exact per-channel mean and population variance over all data, reduced over every
+    axis but the channel axis, merged batch by batch in float64 (Chan et al.)."""
+
+    def __init__(self, axis: int) -> None:
+        self.axis = axis
+        self.count = 0
+        self.mean: np.ndarray | None = None
+        self.squared_deviations: np.ndarray | None = None
+
+    def update(self, values: np.ndarray) -> None:
+        values = np.moveaxis(np.asarray(values, dtype=np.float64), self.axis, -1)
+        flat = values.reshape(-1, values.shape[-1])
+        count = flat.shape[0]
+        if count == 0:
+            return
+        mean = flat.mean(axis=0)
+        squared = np.square(flat - mean).sum(axis=0)
+        if self.mean is None or self.squared_deviations is None:
+            self.count, self.mean, self.squared_deviations = count, mean, squared
+            return
+        total = self.count + count
+        delta = mean - self.mean
+        self.mean = self.mean + delta * count / total
+        self.squared_deviations = (
+            self.squared_deviations + squared + np.square(delta) * self.count * count / total
+        )
+        self.count = total
+
+    @property
+    def variance(self) -> np.ndarray:
+        assert self.squared_deviations is not None and self.count
+        return self.squared_deviations / self.count
