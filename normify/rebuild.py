@@ -27,6 +27,7 @@ from normify.graph import (
     INSERTED,
     KEPT,
     MODIFIED,
+    FoldedFrom,
     Graph,
     LayerSpec,
     TensorRef,
@@ -163,6 +164,9 @@ class _Builder:
                 copy_recreated_variables(spec.obj, new)
             else:
                 copy_variables(spec.obj, new, require_all=False)
+                fold = spec.init.get("fold")
+                if isinstance(fold, FoldedFrom):
+                    _assign_folded(spec.obj, new, fold.batchnorm.obj)
 
     def _initialize_inserted(self, new: Any, spec: LayerSpec, graph: Graph) -> None:
         for variable in new.weights:
@@ -175,6 +179,26 @@ class _Builder:
             variable.assign(
                 np.broadcast_to(np.asarray(value, dtype=variable.dtype), variable.shape)
             )
+
+
+def _assign_folded(original: Any, new: Any, batchnorm: Any) -> None:
+    """Give `new` the original layer's weights with the BatchNormalization folded in."""
+    from normify.folding import BatchNormParams, fold_batchnorm
+
+    weights = {key: v.numpy() for key, v in variables_by_key(original).items()}
+    bn_vars = {key: v.numpy() for key, v in variables_by_key(batchnorm).items()}
+    params = BatchNormParams(
+        gamma=bn_vars.get("gamma"),
+        beta=bn_vars.get("beta"),
+        moving_mean=bn_vars["moving_mean"],
+        moving_variance=bn_vars["moving_variance"],
+        epsilon=float(batchnorm.epsilon),
+        axis=batchnorm.axis if isinstance(batchnorm.axis, int) else batchnorm.axis[0],
+    )
+    folded = fold_batchnorm(type(original).__name__, original.get_config(), weights, params)
+    targets = variables_by_key(new)
+    for key, value in folded.items():
+        targets[key].assign(value)
 
 
 def _from_config(cls: Any, config: dict[str, Any]) -> Any:

@@ -1,0 +1,129 @@
+"""The `fold` pass: absorb inference-mode BatchNormalizations into the linear layer that
+directly precedes them, and remove them.
+
+A BatchNormalization folds when it is called once, reads output 0 of a dense or conv
+layer that is called once, has no activation of its own and feeds nothing else, and
+normalizes that layer's channel axis. Anything else stays, with the reason.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from typing import Any
+
+from normify import kinds
+from normify.folding import fold_reason, folded_config
+from normify.graph import MODIFIED, FoldedFrom, Graph, Node, walk_layers
+from normify.passes.edit import Editor, consumers, output_refs, remove_node
+
+BATCHNORM_CLASSES = ("BatchNormalization", "SyncBatchNormalization")
+
+
+@dataclass(frozen=True)
+class Fold:
+    """A BatchNormalization folded into `into` (both layer paths)."""
+
+    batchnorm: str
+    into: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"batchnorm": self.batchnorm, "into": self.into}
+
+
+@dataclass(frozen=True)
+class Kept:
+    """A norm layer left in place, and why."""
+
+    path: str
+    reason: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"path": self.path, "reason": self.reason}
+
+
+def selected(path: str, include: tuple[str, ...], exclude: tuple[str, ...]) -> str | None:
+    """None when the path is selected, else the reason it is not."""
+    if include and not any(fnmatchcase(path, pattern) for pattern in include):
+        return "not selected by --include"
+    excluded_by = next((pattern for pattern in exclude if fnmatchcase(path, pattern)), None)
+    return f"excluded by --exclude {excluded_by}" if excluded_by else None
+
+
+def batchnorm_paths(graph: Graph) -> list[str]:
+    return [
+        path
+        for path, spec, _ in walk_layers(graph)
+        if spec.class_name in BATCHNORM_CLASSES and spec.kind == kinds.NORM
+    ]
+
+
+def fold_batchnorms(
+    graph: Graph, include: tuple[str, ...] = (), exclude: tuple[str, ...] = ()
+) -> tuple[Graph, list[Fold], list[Kept]]:
+    """A new graph with every foldable BatchNormalization folded, the folds, and the rest."""
+    editor = Editor(graph)
+    folds, kept = [], []
+    for path in batchnorm_paths(graph):
+        reason = selected(path, include, exclude)
+        if reason is None:
+            folded = try_fold(editor, path)
+            if isinstance(folded, Fold):
+                folds.append(folded)
+                continue
+            reason = folded
+        kept.append(Kept(path, reason))
+    return editor.root, folds, kept
+
+
+def try_fold(editor: Editor, path: str) -> Fold | str:
+    """Fold the BatchNormalization at `path` into its producer, or say why it cannot."""
+    owner_path, _, name = path.rpartition("/")
+    graph = editor.graph_at(owner_path)
+    reason_or_producer = _foldable_producer(graph, name, is_top=graph is editor.root)
+    if isinstance(reason_or_producer, str):
+        return reason_or_producer
+    producer_node = reason_or_producer
+    producer = graph.layers[producer_node.layer]
+    batchnorm = graph.layers[name]
+    graph.layers[producer.name] = dataclasses.replace(
+        producer,
+        config=folded_config(producer.class_name, producer.config),
+        status=MODIFIED,
+        init={**producer.init, "fold": FoldedFrom(batchnorm)},
+    )
+    remove_node(graph, graph.nodes_of(name)[0].id)
+    prefix = f"{owner_path}/" if owner_path else ""
+    return Fold(path, prefix + producer.name)
+
+
+def _foldable_producer(graph: Graph, name: str, is_top: bool) -> Node | str:
+    batchnorm = graph.layers[name]
+    calls = graph.nodes_of(name)
+    if len(calls) != 1:
+        return f"shared: called {len(calls)} times"
+    if batchnorm.config.get("renorm"):
+        return "uses batch renormalization"
+    [node] = calls
+    if len(node.inputs) != 1:
+        return "has more than one input"
+    [source] = node.inputs
+    producer_node = graph.nodes[source.node]
+    producer = graph.layers[producer_node.layer]
+    if producer.kind not in (kinds.DENSE, kinds.CONV):
+        what = "an activation" if producer.kind == kinds.PASS else f"{producer.class_name}"
+        return f"follows {what} ({producer.name}), not a dense or conv layer"
+    if kinds.has_nonlinear_activation(producer.class_name, producer.config):
+        activation = kinds.activation_name(producer.class_name, producer.config)
+        return f"follows the {activation} activation of {producer.name}"
+    if "fold" in producer.init:
+        return f"{producer.name} already absorbs another BatchNormalization"
+    if source.index != 0 or len(graph.nodes_of(producer.name)) != 1:
+        return f"{producer.name} is called more than once"
+    if len(consumers(graph, source)) != 1 or source in output_refs(graph):
+        return f"the output of {producer.name} is also used elsewhere"
+    if is_top and any(ref.node == node.id for ref in output_refs(graph)):
+        return "its output is a model output (removing it would rename the output)"
+    reason = fold_reason(producer.class_name, producer.config, batchnorm.config.get("axis", -1))
+    return producer_node if reason is None else reason

@@ -1,0 +1,145 @@
+"""The `swap` pass: replace norm layers of one class by another.
+
+The new layer keeps the old one's name (so output names and paths stay), its axis, its
+epsilon where the new class has one, and its dtype; gamma and beta are carried where the
+shapes match (RMSNormalization calls its gamma `scale`). Moving statistics have no
+counterpart: a swap is never exact, which the API measures.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from normify import kinds, norms
+from normify.errors import NormifyError
+from normify.flow import Flow
+from normify.graph import INSERTED, Graph, LayerSpec, WeightFrom, walk_layers
+from normify.passes.edit import Editor
+from normify.passes.fold import Kept, selected
+
+SWAPPABLE = ("batchnorm", "layernorm", "groupnorm", "rmsnorm")
+AFFINE_NAMES = {"gamma": "gamma", "beta": "beta"}
+
+
+@dataclass(frozen=True)
+class Replacement:
+    path: str
+    from_class: str
+    to_class: str
+    carried: tuple[str, ...]
+    groups: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "from": self.from_class,
+            "to": self.to_class,
+            "carried": list(self.carried),
+            "groups": self.groups,
+        }
+
+
+def swap_norms(
+    graph: Graph,
+    flow: Flow,
+    source: str,
+    target: str,
+    *,
+    groups: int | None = None,
+    include: tuple[str, ...] = (),
+    exclude: tuple[str, ...] = (),
+    allow_mask_loss: bool = False,
+) -> tuple[Graph, list[Replacement], list[Kept], list[str]]:
+    """A new graph with the selected norms swapped, the swaps, the layers left alone, and
+    notices (a mask entering a GroupNormalization's statistics)."""
+    for value, flag in ((source, "--from"), (target, "--to")):
+        if value not in SWAPPABLE:
+            raise NormifyError(f"{flag} must be one of {', '.join(SWAPPABLE)}, not {value!r}")
+    if source == target:
+        raise NormifyError(f"--from and --to are both {source}: nothing to swap")
+    from_class, to_class = kinds.NORM_NAMES[source], kinds.NORM_NAMES[target]
+    editor = Editor(graph)
+    replacements, kept, notices = [], [], []
+    masked = _masked_paths(flow)
+    chosen = [path for path, spec, _ in walk_layers(graph) if spec.class_name == from_class]
+    for path in chosen:
+        reason = selected(path, include, exclude)
+        if reason is not None:
+            kept.append(Kept(path, reason))
+            continue
+        if path in masked and target == "rmsnorm" and not allow_mask_loss:
+            raise NormifyError(
+                f"a mask flows into {path}; RMSNormalization would destroy it "
+                "(pass --allow-mask-loss to swap anyway)"
+            )
+        if path in masked and target == "groupnorm":
+            notices.append(
+                f"a mask flows into {path}: GroupNormalization keeps it but counts padded "
+                "steps in its statistics"
+            )
+        owner_path, _, name = path.rpartition("/")
+        owner = editor.graph_at(owner_path)
+        replacement = _replace(owner, name, path, to_class, target, groups)
+        if isinstance(replacement, str):
+            kept.append(Kept(path, replacement))
+        else:
+            replacements.append(replacement)
+    return editor.root, replacements, kept, notices
+
+
+def _masked_paths(flow: Flow) -> set[str]:
+    return {
+        site.path
+        for site in flow.sites.values()
+        if site.spec.kind == kinds.NORM and flow.mask_reaches(site)
+    }
+
+
+def _replace(
+    graph: Graph, name: str, path: str, to_class: str, target: str, groups: int | None
+) -> Replacement | str:
+    old = graph.layers[name]
+    axis = old.config.get("axis", -1)
+    if isinstance(axis, (list, tuple)):
+        if len(axis) != 1:
+            return f"normalizes over several axes {list(axis)}; swap needs one channel axis"
+        axis = axis[0]
+    channels = _channels(old, axis)
+    _, config = norms.norm_config(target, name, axis, old.config.get("dtype"))
+    if "epsilon" in config and "epsilon" in old.config:
+        config["epsilon"] = old.config["epsilon"]
+    if target == "groupnorm":
+        if channels is None:
+            return "channel count unknown; cannot choose GroupNormalization groups"
+        chosen = groups or norms.largest_group_count(channels)
+        if channels % chosen:
+            return f"{channels} channels cannot be split into {chosen} groups"
+        config["groups"] = chosen
+    init: dict[str, Any] = {}
+    carried = []
+    has_scale = old.config.get("scale", True) and old.class_name != "RMSNormalization"
+    old_scale = "scale" if old.class_name == "RMSNormalization" else "gamma"
+    new_scale = "scale" if target == "rmsnorm" else "gamma"
+    if has_scale or old.class_name == "RMSNormalization":
+        init[new_scale] = WeightFrom(old, old_scale)
+        carried.append(new_scale)
+    if (
+        target != "rmsnorm"
+        and old.class_name != "RMSNormalization"
+        and old.config.get("center", True)
+    ):
+        init["beta"] = WeightFrom(old, "beta")
+        carried.append("beta")
+    graph.layers[name] = LayerSpec(
+        name, to_class, "keras.layers", config, kinds.NORM, status=INSERTED, init=init
+    )
+    return Replacement(path, old.class_name, to_class, tuple(carried), config.get("groups"))
+
+
+def _channels(spec: LayerSpec, axis: int) -> int | None:
+    layer = spec.obj
+    if layer is None or not getattr(layer, "_inbound_nodes", None):
+        return None
+    size = layer._inbound_nodes[0].input_tensors[0].shape[axis]
+    return int(size) if size is not None else None
