@@ -48,6 +48,14 @@ class WeightFrom:
 
 
 @dataclass(frozen=True)
+class IdentityVariance:
+    """A BatchNormalization moving variance v for which rsqrt(v + epsilon) is exactly 1 on
+    the backend that builds the model (resolved by the rebuild step)."""
+
+    epsilon: float
+
+
+@dataclass(frozen=True)
 class FoldedFrom:
     """The layer's kernel and bias absorb this inference-mode BatchNormalization."""
 

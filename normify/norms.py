@@ -8,6 +8,7 @@ with `beta` as its bias. No other norm layer can start as an identity.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -52,18 +53,36 @@ def largest_group_count(channels: int, limit: int = 32) -> int:
     return max(d for d in range(1, min(channels, limit) + 1) if channels % d == 0)
 
 
-def identity_moving_variance(epsilon: float) -> np.float32:
-    """The float32 v closest to 1 - epsilon for which float32(v + epsilon) == 1 exactly."""
-    eps = np.float32(epsilon)
-    candidate = np.float32(1) - eps
+def identity_moving_variance(epsilon: float, target: float = 1.0) -> np.float32:
+    """The float32 v for which float32(v + epsilon) == target exactly (target near 1)."""
+    eps, goal = np.float32(epsilon), np.float32(target)
+    candidate = goal - eps
     for _ in range(64):
         total = np.float32(candidate + eps)
-        if total == np.float32(1):
+        if total == goal:
             return candidate
         candidate = np.nextafter(
-            candidate, np.float32(0) if total > 1 else np.float32(2), dtype=np.float32
+            candidate, np.float32(0) if total > goal else np.float32(2), dtype=np.float32
         )
     raise ValueError(f"no float32 variance makes an exact identity for epsilon {epsilon}")
+
+
+def unit_rsqrt_argument(rsqrt: Callable[[np.ndarray], np.ndarray]) -> np.float32:
+    """The float32 a near 1 whose reciprocal square root the backend computes as exactly 1.
+
+    Vectorized rsqrt kernels are not correctly rounded: TensorFlow on AVX-512 CPUs returns
+    1 - 2**-23 for rsqrt(1.0) in its vector path and exactly 1 for 1 - 2**-24. The vector
+    path (long channel vectors) is preferred; the scalar path serves only a few tail
+    channels. Returns 1.0 when no candidate is exact.
+    """
+    one = np.float32(1)
+    below = np.nextafter(one, np.float32(0), dtype=np.float32)
+    candidates = [one, below, np.nextafter(below, np.float32(0), dtype=np.float32)]
+    candidates.append(np.nextafter(one, np.float32(2), dtype=np.float32))
+    for candidate in candidates:
+        if np.all(np.asarray(rsqrt(np.full(1024, candidate, np.float32))) == one):
+            return candidate
+    return one
 
 
 def norm_config(norm: str, name: str, axis: int, dtype: Any) -> tuple[str, dict[str, Any]]:

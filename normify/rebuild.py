@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from normify import kinds
+from normify import kinds, norms
 from normify.errors import NormifyError
 from normify.graph import (
     INSERTED,
@@ -29,6 +29,7 @@ from normify.graph import (
     MODIFIED,
     FoldedFrom,
     Graph,
+    IdentityVariance,
     LayerSpec,
     TensorRef,
     WeightFrom,
@@ -56,6 +57,7 @@ class _Builder:
         self.share = share
         # (new layer, spec, owning graph) whose variables are set once everything is built
         self.pending: list[tuple[Any, LayerSpec, Graph]] = []
+        self._unit_rsqrt_argument: np.float32 | None = None
 
     # -------------------------------------------------------------------------- models
 
@@ -168,6 +170,14 @@ class _Builder:
                 if isinstance(fold, FoldedFrom):
                     _assign_folded(spec.obj, new, fold.batchnorm.obj)
 
+    def _unit_rsqrt(self) -> np.float32:
+        if self._unit_rsqrt_argument is None:
+            ops = self.keras.ops
+            self._unit_rsqrt_argument = norms.unit_rsqrt_argument(
+                lambda values: ops.convert_to_numpy(ops.rsqrt(values))
+            )
+        return self._unit_rsqrt_argument
+
     def _initialize_inserted(self, new: Any, spec: LayerSpec, graph: Graph) -> None:
         for variable in new.weights:
             key = variable_key(new, variable)
@@ -176,6 +186,8 @@ class _Builder:
             value = spec.init[key]
             if isinstance(value, WeightFrom):
                 value = find_variable(value.source.obj, value.variable).numpy()
+            elif isinstance(value, IdentityVariance):
+                value = norms.identity_moving_variance(value.epsilon, self._unit_rsqrt())
             variable.assign(
                 np.broadcast_to(np.asarray(value, dtype=variable.dtype), variable.shape)
             )

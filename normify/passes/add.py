@@ -27,6 +27,7 @@ from normify.graph import (
     INSERTED,
     MODIFIED,
     Graph,
+    IdentityVariance,
     LayerSpec,
     Node,
     TensorRef,
@@ -125,7 +126,7 @@ def _insert(
     init: dict[str, Any] = {}
     if norm == "batchnorm":
         init["moving_mean"] = 0.0
-        init["moving_variance"] = norms.identity_moving_variance(norm_cfg["epsilon"])
+        init["moving_variance"] = IdentityVariance(norm_cfg["epsilon"])
         init["gamma"] = 1.0
         init["beta"] = WeightFrom(spec, "bias") if bias_moved else 0.0
     new_specs = [

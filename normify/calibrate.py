@@ -1,0 +1,234 @@
+"""Setting norm layers from data: calibrated and fresh initialization of inserted norms,
+and the exact recalibration of BatchNormalization moving statistics.
+
+Norms are processed level by level: a norm's level is the number of processed norms on
+the longest path before it, so every norm sees the already-updated norms upstream, and
+norms on one level share one pass over the data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from normify import kinds
+from normify.flow import build_flow
+from normify.graph import from_model
+from normify.probe import INPUT, OUTPUT, ChannelMoments, Probe
+
+BATCHNORM = "BatchNormalization"
+
+
+def layer_at(model: Any, path: str) -> Any:
+    """The layer at `outer/inner/layer` in a model with nested models."""
+    layer = model
+    for part in path.split("/"):
+        layer = layer.get_layer(part)
+    return layer
+
+
+def norm_levels(model: Any, paths: list[str]) -> list[list[str]]:
+    """`paths` grouped so that no norm on a level lies downstream of another on it."""
+    flow = build_flow(from_model(model))
+    chosen = set(paths)
+    level_of_site: dict[str, int] = {}
+    level_of_path: dict[str, int] = {}
+    for key, site in flow.sites.items():  # sites are in topological order
+        level = 0
+        for producer, _ in site.inputs:
+            producer_site = flow.sites[producer]
+            bump = 1 if producer_site.path in chosen else 0
+            level = max(level, level_of_site[producer] + bump)
+        level_of_site[key] = level
+        if site.path in chosen:
+            level_of_path[site.path] = max(level_of_path.get(site.path, 0), level)
+    grouped: dict[int, list[str]] = {}
+    for path in paths:
+        grouped.setdefault(level_of_path.get(path, 0), []).append(path)
+    return [grouped[level] for level in sorted(grouped)]
+
+
+@dataclass
+class _AffineFit:
+    """Per-channel least squares x ≈ g·n + b between a norm's input x and its output n."""
+
+    axis: int
+    with_offset: bool
+    count: float = 0.0
+    sums: dict[str, np.ndarray] | None = None
+
+    def update(self, n: np.ndarray, x: np.ndarray) -> None:
+        n2 = np.moveaxis(np.asarray(n, np.float64), self.axis, -1).reshape(-1, n.shape[self.axis])
+        x2 = np.moveaxis(np.asarray(x, np.float64), self.axis, -1).reshape(-1, x.shape[self.axis])
+        batch = {"n": n2.sum(0), "x": x2.sum(0), "nn": (n2 * n2).sum(0), "nx": (n2 * x2).sum(0)}
+        if self.sums is None:
+            self.sums = batch
+        else:
+            for key, value in batch.items():
+                self.sums[key] += value
+        self.count += n2.shape[0]
+
+    def solve(self) -> tuple[np.ndarray, np.ndarray]:
+        assert self.sums is not None
+        s, c = self.sums, self.count
+        if not self.with_offset:
+            return s["nx"] / np.maximum(s["nn"], 1e-12), np.zeros_like(s["n"])
+        mean_n, mean_x = s["n"] / c, s["x"] / c
+        var_n = s["nn"] / c - mean_n**2
+        cov = s["nx"] / c - mean_n * mean_x
+        gain = np.where(var_n > 1e-12, cov / np.maximum(var_n, 1e-12), 0.0)
+        return gain, mean_x - gain * mean_n
+
+
+def _channel_axis(layer: Any) -> int:
+    axis = layer.axis
+    return int(axis[0] if isinstance(axis, (list, tuple)) else axis)
+
+
+def _assign(layer: Any, name: str, value: np.ndarray) -> None:
+    for variable in layer.weights:
+        if variable.path.rsplit("/", 1)[-1] == name:
+            variable.assign(np.asarray(value).reshape(variable.shape).astype(variable.dtype))
+            return
+    raise KeyError(f"{layer.name} has no variable {name}")
+
+
+def _value(layer: Any, name: str) -> np.ndarray | None:
+    for variable in layer.weights:
+        if variable.path.rsplit("/", 1)[-1] == name:
+            return np.asarray(variable.numpy(), dtype=np.float64)
+    return None
+
+
+def initialize_from_data(
+    model: Any,
+    paths: list[str],
+    batches: Callable[[], Any],
+    mode: str,
+    on_level: Callable[[int, int], None] | None = None,
+) -> dict[str, str]:
+    """Initialize the inserted norms at `paths` (mode `calibrate` or `fresh`) from data.
+
+    `batches()` returns a fresh iterator of input batches. Returns a note per path.
+    """
+    notes = {}
+    levels = norm_levels(model, paths)
+    for index, level in enumerate(levels):
+        if on_level:
+            on_level(index, len(levels))
+        layers = {path: layer_at(model, path) for path in level}
+        needs_output = [p for p, layer in layers.items() if type(layer).__name__ != BATCHNORM]
+        requests = {path: INPUT for path in level}
+        probe_inputs = Probe(model, requests)
+        probe_outputs = Probe(model, {p: OUTPUT for p in needs_output}) if needs_output else None
+        moments = {p: ChannelMoments(_channel_axis(layers[p])) for p in level}
+        fits = {
+            p: _AffineFit(_channel_axis(layers[p]), type(layers[p]).__name__ != "RMSNormalization")
+            for p in needs_output
+        }
+        for batch in batches():
+            inputs = probe_inputs(batch)
+            outputs = probe_outputs(batch) if probe_outputs else {}
+            for path in level:
+                for call, values in enumerate(inputs[path]):
+                    moments[path].update(values)
+                    if path in fits:
+                        fits[path].update(outputs[path][call], values)
+        for path, layer in layers.items():
+            notes[path] = _set_from_statistics(layer, mode, moments[path], fits.get(path))
+    return notes
+
+
+def _set_from_statistics(
+    layer: Any, mode: str, moments: ChannelMoments, fit: _AffineFit | None
+) -> str:
+    if type(layer).__name__ == BATCHNORM:
+        mean, variance = moments.mean, moments.variance
+        _assign(layer, "moving_mean", mean)
+        _assign(layer, "moving_variance", variance)
+        if mode == "fresh":
+            _assign(layer, "gamma", np.ones_like(mean))
+            _assign(layer, "beta", np.zeros_like(mean))
+            return "gamma 1, beta 0, moving statistics from data"
+        # identity at inference: gamma * (z - mean) / sqrt(var + eps) + beta' = z + bias
+        moved_bias = _value(layer, "beta")
+        _assign(layer, "gamma", np.sqrt(variance + layer.epsilon))
+        _assign(layer, "beta", mean + (moved_bias if moved_bias is not None else 0.0))
+        return "calibrated: moving statistics, gamma and beta from data"
+    if mode == "fresh" or fit is None:
+        return "gamma 1, beta 0"
+    gain, offset = fit.solve()
+    scale_name = "scale" if type(layer).__name__ == "RMSNormalization" else "gamma"
+    _assign(layer, scale_name, gain)
+    if fit.with_offset and _value(layer, "beta") is not None:
+        _assign(layer, "beta", offset)
+    return "calibrated: per-channel least-squares gamma and beta"
+
+
+@dataclass(frozen=True)
+class StatisticsChange:
+    """How far recalibration moved one BatchNormalization's moving statistics."""
+
+    path: str
+    mean_change: float
+    variance_change: float
+    variance_ratio: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "max_abs_mean_change": self.mean_change,
+            "max_abs_variance_change": self.variance_change,
+            "max_variance_ratio": self.variance_ratio,
+        }
+
+
+def recalibrate_batchnorms(
+    model: Any,
+    paths: list[str],
+    batches: Callable[[], Any],
+    on_level: Callable[[int, int], None] | None = None,
+) -> list[StatisticsChange]:
+    """Replace the moving statistics of the BatchNormalizations at `paths` by the exact
+    mean and variance of their inputs over all data, upstream layers first."""
+    changes = []
+    levels = norm_levels(model, paths)
+    for index, level in enumerate(levels):
+        if on_level:
+            on_level(index, len(levels))
+        layers = {path: layer_at(model, path) for path in level}
+        probe = Probe(model, {path: INPUT for path in level})
+        moments = {path: ChannelMoments(_channel_axis(layers[path])) for path in level}
+        for batch in batches():
+            for path, values_list in probe(batch).items():
+                for values in values_list:
+                    moments[path].update(values)
+        for path, layer in layers.items():
+            old_mean = _value(layer, "moving_mean")
+            old_variance = _value(layer, "moving_variance")
+            mean, variance = moments[path].mean, moments[path].variance
+            _assign(layer, "moving_mean", mean)
+            _assign(layer, "moving_variance", variance)
+            ratio = np.maximum(variance, 1e-12) / np.maximum(old_variance, 1e-12)
+            changes.append(
+                StatisticsChange(
+                    path,
+                    float(np.max(np.abs(mean - old_mean))),
+                    float(np.max(np.abs(variance - old_variance))),
+                    float(np.max(np.maximum(ratio, 1 / ratio))),
+                )
+            )
+    return changes
+
+
+def batchnorm_paths(model: Any) -> list[str]:
+    from normify.graph import walk_layers
+
+    return [
+        path
+        for path, spec, _ in walk_layers(from_model(model))
+        if spec.kind == kinds.NORM and spec.class_name in ("BatchNormalization",)
+    ]
