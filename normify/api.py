@@ -1,4 +1,4 @@
-"""The public Python API: `audit` and `add`.
+"""The public Python API: `audit`, `add`, `swap`, `strip`, `fold`, `recalibrate`, `verify`.
 
 Every function accepts a path to a `.keras` / `.h5` file or an in-memory `keras.Model`,
 and never modifies a model it is given. Nothing here prints.
@@ -13,13 +13,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from normify import graph as graphs
 from normify import io
 from normify.audit import AuditReport, audit_graph
 from normify.errors import NormifyError, UnsupportedModelError
 from normify.flow import build_flow
 from normify.passes.add import Insertion, add_norms
+from normify.passes.fold import Kept
 from normify.rules import Decision, Rules, decide
+from normify.verify import VerifyReport, verify
 
 ModelOrPath = Any  # keras.Model | str | os.PathLike
 
@@ -34,12 +38,54 @@ class AddReport:
     drift: dict[str, Any] | None = None
     notices: list[str] = field(default_factory=list)
     output: str | None = None
+    init: str = "identity"
+    layer_drift: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "command": "add",
             "model": self.model,
-            "insertions": [insertion.to_json() for insertion in self.insertions],
+            "init": self.init,
+            "insertions": [
+                {**insertion.to_json(), "drift": self.layer_drift.get(insertion.name)}
+                for insertion in self.insertions
+            ],
             "skipped": [{"target": d.path, "reason": d.reason} for d in self.skipped],
+            "drift": self.drift,
+            "notices": list(self.notices),
+            "output": self.output,
+        }
+
+
+CHANGE_KEYS = {"swap": "swaps", "strip": "removals", "fold": "folds", "recalibrate": "layers"}
+
+
+@dataclass
+class RewriteReport:
+    """What `swap`, `strip`, `fold` or `recalibrate` did: the changes (records with
+    `to_json`), the layers left alone with the reason, and measured drift."""
+
+    command: str
+    model: str
+    changes: list[Any]
+    kept: list[Kept]
+    drift: dict[str, Any] | None = None
+    layer_drift: dict[str, dict[str, float]] = field(default_factory=dict)
+    notices: list[str] = field(default_factory=list)
+    output: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        changes = []
+        for change in self.changes:
+            entry = change.to_json()
+            if self.layer_drift.get(change.path) is not None:
+                entry["drift"] = self.layer_drift[change.path]
+            changes.append(entry)
+        return {
+            "command": self.command,
+            "model": self.model,
+            CHANGE_KEYS[self.command]: changes,
+            "kept": [kept.to_json() for kept in self.kept],
             "drift": self.drift,
             "notices": list(self.notices),
             "output": self.output,
@@ -51,7 +97,7 @@ class Result:
     """The rewritten model and the report of what was done to it."""
 
     model: Any
-    report: AddReport
+    report: Any  # AddReport for add, RewriteReport for the other commands
 
 
 def audit(
@@ -100,7 +146,12 @@ def add(
     include: Iterable[str] = (),
     exclude: Iterable[str] = (),
     include_output: bool = False,
+    init: str = "identity",
+    data: Any = None,
+    batch_size: int = 64,
+    max_samples: int = 1024,
     measure_drift: bool | None = None,
+    quiet: bool = True,
     safe_mode: bool = True,
     custom_objects: dict[str, Any] | None = None,
 ) -> Result:
@@ -114,8 +165,15 @@ def add(
             normalized after their output.
         include, exclude: glob patterns on layer paths (`encoder/dense_*`).
         include_output: also normalize layers whose output is a model output.
-        measure_drift: compare outputs on random inputs; by default only when a norm that
-            cannot start as an identity (not BatchNormalization) is inserted.
+        init: `identity` (exact at inference, no data), `calibrate` (statistics from
+            `data`; an identity at inference, close to one in training) or `fresh`
+            (gamma 1, beta 0; moving statistics from `data` when given).
+        data: calibration data: a path to an `.npz`/`.npy`, arrays, a dict of arrays, or
+            an iterable of batches (see `normify.data.load_data`).
+        batch_size, max_samples: how `data` is batched and how much of it is used.
+        measure_drift: measure the output drift; by default whenever the insertion is
+            not an exact identity (another norm than BatchNormalization, or `fresh`).
+        quiet: no progress bar while passing data through the model.
         safe_mode: keep Keras' safe mode when loading a file (refuses Python lambdas).
         custom_objects: classes and functions needed to load a file.
 
@@ -124,38 +182,293 @@ def add(
         layers or variables with a model passed in; the caller's model is untouched.
     """
     rules = Rules(dense, conv, rnn, position, tuple(include), tuple(exclude), include_output)
+    if init not in INITS:
+        raise NormifyError(f"--init must be one of {', '.join(INITS)}, not {init!r}")
+    if init == "calibrate" and data is None:
+        raise NormifyError("--init calibrate needs calibration data (--data)")
+    source = _open(model_or_path, safe_mode, custom_objects)
+    decisions = decide(source.graph, build_flow(source.graph), rules)
+    new_graph, insertions = add_norms(source.graph, decisions, rules)
+    model = _rebuild(source, new_graph, changed=bool(insertions))
+    skipped = [d for d in decisions if not d.insert]
+    report = AddReport(source.name, insertions, skipped, notices=source.notices, init=init)
+    calibration = _calibration_data(data, source.model, batch_size, max_samples)
+    paths = [insertion.name for insertion in insertions]
+    if init != "identity" and paths:
+        from normify.calibrate import initialize_from_data
+
+        if calibration is not None:
+            initialize_from_data(model, paths, calibration.batches, init)
+        else:
+            _fresh_without_data(model, paths)
+    inexact = [i for i in insertions if not i.exact] if init == "identity" else insertions
+    if inexact:
+        names = sorted({i.norm_class for i in inexact})
+        what = (
+            f"{', '.join(names)} cannot start as an identity"
+            if init == "identity"
+            else (f"--init {init} is not an identity at inference")
+        )
+        if init != "calibrate" or any(i.norm != "batchnorm" for i in insertions):
+            report.notices.append(f"{what}: predictions change until retraining (see drift)")
+    if measure_drift or (measure_drift is None and inexact):
+        from normify.drift import output_drift, tensor_drift
+
+        batches = _batches(calibration, source.model)
+        report.drift = output_drift(source.model, model, batches, _source_label(calibration))
+        # each insertion: the tensor its chain now produces against the one it stands in for
+        before = {i.name: (i.replaces, "output") for i in insertions}
+        after = {i.name: (i.chain_end, "output") for i in insertions}
+        report.layer_drift = tensor_drift(source.model, before, model, after, batches)
+    return Result(model, report)
+
+
+INITS = ("identity", "calibrate", "fresh")
+
+
+def _fresh_without_data(model: Any, paths: list[str]) -> None:
+    """gamma 1, beta 0 and (BatchNormalization) Keras' default moving statistics."""
+    from normify.calibrate import layer_at
+
+    defaults = {"gamma": 1.0, "scale": 1.0, "beta": 0.0, "moving_mean": 0.0}
+    defaults["moving_variance"] = 1.0
+    for path in paths:
+        for variable in layer_at(model, path).weights:
+            name = variable.path.rsplit("/", 1)[-1]
+            if name in defaults:
+                variable.assign(np.full(variable.shape, defaults[name], variable.dtype))
+
+
+def swap(
+    model_or_path: ModelOrPath,
+    *,
+    from_norm: str,
+    to_norm: str,
+    groups: int | None = None,
+    include: Iterable[str] = (),
+    exclude: Iterable[str] = (),
+    data: Any = None,
+    allow_mask_loss: bool = False,
+    batch_size: int = 64,
+    max_samples: int = 1024,
+    quiet: bool = True,
+    safe_mode: bool = True,
+    custom_objects: dict[str, Any] | None = None,
+) -> Result:
+    """Replace norm layers of one class (`from_norm`) by another (`to_norm`).
+
+    Names, axes, epsilon and dtype are kept; gamma and beta are carried where the shapes
+    match. With `data`, each new layer is fitted (moving statistics and a per-channel
+    least-squares gamma and beta) to reproduce the old layer's outputs. No swap is exact:
+    the report gives the drift of every swapped layer and of the model outputs.
+    """
+    from normify.passes.swap import swap_norms
+
+    source = _open(model_or_path, safe_mode, custom_objects)
+    new_graph, swaps, kept, notices = swap_norms(
+        source.graph,
+        build_flow(source.graph),
+        from_norm,
+        to_norm,
+        groups=groups,
+        include=tuple(include),
+        exclude=tuple(exclude),
+        allow_mask_loss=allow_mask_loss,
+    )
+    model = _rebuild(source, new_graph, changed=bool(swaps))
+    report = RewriteReport("swap", source.name, swaps, kept, notices=source.notices + notices)
+    calibration = _calibration_data(data, source.model, batch_size, max_samples)
+    paths = [replacement.path for replacement in swaps]
+    if paths and calibration is not None:
+        from normify.calibrate import fit_replacements
+
+        fit_replacements(source.model, model, paths, calibration.batches)
+    if paths:
+        _measure(report, source.model, model, calibration, paths, "output")
+    return Result(model, report)
+
+
+def strip(
+    model_or_path: ModelOrPath,
+    *,
+    kind: str = "all",
+    include: Iterable[str] = (),
+    exclude: Iterable[str] = (),
+    data: Any = None,
+    batch_size: int = 64,
+    max_samples: int = 1024,
+    safe_mode: bool = True,
+    custom_objects: dict[str, Any] | None = None,
+) -> Result:
+    """Remove norm layers (`kind`: batchnorm, layernorm, groupnorm, rmsnorm, unitnorm or
+    all). A BatchNormalization directly after a linear layer is folded into it first, so
+    inference is unchanged; every other removal's drift is reported."""
+    from normify.passes.strip import STRIP_KINDS, strip_norms
+
+    if kind != "all" and kind not in STRIP_KINDS:
+        raise NormifyError(f"--kind must be one of {', '.join(STRIP_KINDS)} or all, not {kind!r}")
+    source = _open(model_or_path, safe_mode, custom_objects)
+    new_graph, removals, kept = strip_norms(source.graph, kind, tuple(include), tuple(exclude))
+    model = _rebuild(source, new_graph, changed=bool(removals))
+    report = RewriteReport("strip", source.name, removals, kept, notices=source.notices)
+    if removals:
+        calibration = _calibration_data(data, source.model, batch_size, max_samples)
+        inexact = [removal.path for removal in removals if not removal.exact]
+        _measure(report, source.model, model, calibration, inexact, "removed")
+    return Result(model, report)
+
+
+def fold(
+    model_or_path: ModelOrPath,
+    *,
+    include: Iterable[str] = (),
+    exclude: Iterable[str] = (),
+    data: Any = None,
+    batch_size: int = 64,
+    max_samples: int = 1024,
+    safe_mode: bool = True,
+    custom_objects: dict[str, Any] | None = None,
+) -> Result:
+    """Fold every BatchNormalization that directly follows a dense or conv layer into that
+    layer (for deployment). Those that cannot be folded stay, each with its reason."""
+    from normify.passes.fold import fold_batchnorms
+
+    source = _open(model_or_path, safe_mode, custom_objects)
+    new_graph, folds, kept = fold_batchnorms(source.graph, tuple(include), tuple(exclude))
+    model = _rebuild(source, new_graph, changed=bool(folds))
+    report = RewriteReport("fold", source.name, folds, kept, notices=source.notices)
+    if folds:
+        calibration = _calibration_data(data, source.model, batch_size, max_samples)
+        _measure(report, source.model, model, calibration, [], "output")
+    return Result(model, report)
+
+
+def recalibrate(
+    model_or_path: ModelOrPath,
+    *,
+    data: Any,
+    include: Iterable[str] = (),
+    exclude: Iterable[str] = (),
+    batch_size: int = 64,
+    max_samples: int = 1024,
+    quiet: bool = True,
+    safe_mode: bool = True,
+    custom_objects: dict[str, Any] | None = None,
+) -> Result:
+    """Recompute the exact moving mean and variance of every selected BatchNormalization
+    over `data`, layer after layer, each seeing the recalibrated layers before it."""
+    from normify.calibrate import recalibrate_batchnorms
+    from normify.passes.fold import batchnorm_paths, selected
+    from normify.rebuild import rebuild
+
+    if data is None:
+        raise NormifyError("recalibrate needs data (--data)")
+    source = _open(model_or_path, safe_mode, custom_objects)
+    calibration = _calibration_data(data, source.model, batch_size, max_samples)
+    chosen, kept = [], []
+    for path in batchnorm_paths(source.graph):
+        reason = selected(path, tuple(include), tuple(exclude))
+        if reason is None:
+            chosen.append(path)
+        else:
+            kept.append(Kept(path, reason))
+    model = rebuild(source.graph, share=False)  # a copy: the original stays for comparison
+    report = RewriteReport("recalibrate", source.name, [], kept, notices=source.notices)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _compile_like(source.model, model, report.notices)
+    if chosen:
+        report.changes = recalibrate_batchnorms(model, chosen, calibration.batches)
+        _measure(report, source.model, model, calibration, [], "output")
+    return Result(model, report)
+
+
+# --------------------------------------------------------------------------- plumbing
+
+
+@dataclass
+class _Source:
+    model: Any
+    graph: graphs.Graph
+    name: str
+    share: bool
+    notices: list[str]
+
+
+def _open(model_or_path: ModelOrPath, safe_mode: bool, custom_objects: Any) -> _Source:
+    """Load (or take) the model and build its graph, refusing models normify cannot rewrite."""
     notices: list[str] = []
     if isinstance(model_or_path, (str, os.PathLike)):
         # A model normify cannot rewrite is refused from its config, before Keras loads it.
         config_graph = graphs.from_config(io.read_config(model_or_path), source=model_or_path)
         _require_rewritable(config_graph, str(model_or_path))
         loaded = io.load_model(model_or_path, safe_mode=safe_mode, custom_objects=custom_objects)
-        original, share, name = loaded.model, True, str(loaded.path)
+        model, share, name = loaded.model, True, str(loaded.path)
         notices.extend(loaded.notices)
     else:
-        original, share, name = model_or_path, False, model_or_path.name
-    graph = graphs.from_model(original)
+        model, share, name = model_or_path, False, model_or_path.name
+    graph = graphs.from_model(model)
     _require_rewritable(graph, name)
-    decisions = decide(graph, build_flow(graph), rules)
-    new_graph, insertions = add_norms(graph, decisions, rules)
+    return _Source(model, graph, name, share, notices)
+
+
+def _rebuild(source: _Source, graph: graphs.Graph, changed: bool) -> Any:
+    """The new model (compiled like the original), with Keras' warnings as notices."""
+    from normify.rebuild import rebuild
+
+    if not changed and source.share:
+        return source.model  # nothing to change in a model we loaded ourselves
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        model = _rebuild_or_reuse(original, new_graph, insertions, share)
-        _compile_like(original, model, notices)
-    notices.extend(_warning_lines(caught))
-    report = AddReport(name, insertions, [d for d in decisions if not d.insert], notices=notices)
-    inexact = [i for i in insertions if not i.exact]
-    if inexact:
-        names = sorted({i.norm_class for i in inexact})
-        notices.append(
-            f"{', '.join(names)} cannot start as an identity: predictions change until "
-            "retraining (see drift)"
-        )
-    if measure_drift or (measure_drift is None and inexact):
-        from normify.drift import output_drift
+        model = rebuild(graph, share=source.share)
+        _compile_like(source.model, model, source.notices)
+    source.notices.extend(line for line in _warning_lines(caught) if line not in source.notices)
+    return model
 
-        report.drift = output_drift(original, model)
-    return Result(model, report)
+
+def _calibration_data(data: Any, model: Any, batch_size: int, max_samples: int) -> Any:
+    if data is None:
+        return None
+    from normify.data import input_specs, load_data
+
+    label = str(data) if isinstance(data, (str, os.PathLike)) else None
+    return load_data(
+        data, input_specs(model), batch_size=batch_size, max_samples=max_samples, path_label=label
+    )
+
+
+def _batches(calibration: Any, model: Any) -> list[list[np.ndarray]]:
+    from normify.drift import random_inputs
+
+    return list(calibration.batches()) if calibration is not None else [random_inputs(model)]
+
+
+def _source_label(calibration: Any) -> str:
+    return "random" if calibration is None else "data"
+
+
+def _measure(
+    report: RewriteReport,
+    original: Any,
+    model: Any,
+    calibration: Any,
+    paths: list[str],
+    mode: str,
+) -> None:
+    """Output drift, and per-layer drift: for swaps the layer's output before and after,
+    for removals what the removed layer did (its output against its input)."""
+    from normify.drift import output_drift, tensor_drift
+
+    batches = _batches(calibration, original)
+    report.drift = output_drift(original, model, batches, _source_label(calibration))
+    if not paths:
+        return
+    before = {path: (path, "output") for path in paths}
+    if mode == "output":
+        report.layer_drift = tensor_drift(original, before, model, before, batches)
+    else:
+        after = {path: (path, "input") for path in paths}
+        report.layer_drift = tensor_drift(original, before, original, after, batches)
 
 
 def _require_rewritable(graph: graphs.Graph, name: str) -> None:
@@ -165,16 +478,6 @@ def _require_rewritable(graph: graphs.Graph, name: str) -> None:
             "Functional and Sequential models",
             name,
         )
-
-
-def _rebuild_or_reuse(
-    original: Any, graph: graphs.Graph, insertions: list[Insertion], share: bool
-) -> Any:
-    from normify.rebuild import rebuild
-
-    if not insertions and share:
-        return original  # nothing to change in a model we loaded ourselves
-    return rebuild(graph, share=share)
 
 
 def _compile_like(original: Any, model: Any, notices: list[str]) -> None:
@@ -206,4 +509,18 @@ def _warning_lines(caught: list[warnings.WarningMessage]) -> list[str]:
     return lines
 
 
-__all__ = ["AddReport", "NormifyError", "Result", "add", "audit", "plan"]
+__all__ = [
+    "AddReport",
+    "NormifyError",
+    "Result",
+    "RewriteReport",
+    "VerifyReport",
+    "add",
+    "audit",
+    "fold",
+    "plan",
+    "recalibrate",
+    "strip",
+    "swap",
+    "verify",
+]

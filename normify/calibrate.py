@@ -168,6 +168,49 @@ def _set_from_statistics(
     return "calibrated: per-channel least-squares gamma and beta"
 
 
+def fit_replacements(
+    original: Any,
+    model: Any,
+    paths: list[str],
+    batches: Callable[[], Any],
+    on_level: Callable[[int, int], None] | None = None,
+) -> None:
+    """Fit each swapped norm layer at `paths` of `model` to reproduce the outputs of the
+    layer it replaced in `original`: a BatchNormalization first gets the exact moving
+    statistics of its input; then gamma and beta are the per-channel least-squares fit of
+    the old outputs on the new layer's normalized outputs."""
+    levels = norm_levels(model, paths)
+    for index, level in enumerate(levels):
+        if on_level:
+            on_level(index, len(levels))
+        layers = {path: layer_at(model, path) for path in level}
+        batchnorms = [p for p, layer in layers.items() if type(layer).__name__ == BATCHNORM]
+        if batchnorms:
+            recalibrate_batchnorms(model, batchnorms, batches)
+        for layer in layers.values():
+            for name, value in (("gamma", 1.0), ("scale", 1.0), ("beta", 0.0)):
+                if _value(layer, name) is not None:
+                    _assign(layer, name, np.full_like(_value(layer, name), value))
+        probe_new = Probe(model, {path: OUTPUT for path in level})
+        probe_old = Probe(original, {path: OUTPUT for path in level})
+        fits = {
+            p: _AffineFit(_channel_axis(layer), _value(layer, "beta") is not None)
+            for p, layer in layers.items()
+        }
+        for batch in batches():
+            normalized, targets = probe_new(batch), probe_old(batch)
+            for path in level:
+                for n, y in zip(normalized[path], targets[path], strict=True):
+                    fits[path].update(n, y)
+        for path, layer in layers.items():
+            gain, offset = fits[path].solve()
+            scale_name = "scale" if _value(layer, "scale") is not None else "gamma"
+            if _value(layer, scale_name) is not None:
+                _assign(layer, scale_name, gain)
+            if _value(layer, "beta") is not None:
+                _assign(layer, "beta", offset)
+
+
 @dataclass(frozen=True)
 class StatisticsChange:
     """How far recalibration moved one BatchNormalization's moving statistics."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -70,19 +71,57 @@ def predict(model: Any, inputs: list[np.ndarray]) -> list[np.ndarray]:
 
 
 def output_drift(
-    original: Any, rewritten: Any, inputs: list[np.ndarray] | None = None
+    original: Any,
+    rewritten: Any,
+    batches: Iterable[list[np.ndarray]] | None = None,
+    source: str | None = None,
 ) -> dict[str, Any]:
-    """Max abs, mean abs and relative difference of the two models' outputs."""
-    inputs = inputs if inputs is not None else random_inputs(original)
-    before = predict(original, inputs)
-    after = predict(rewritten, inputs)
-    max_abs = max(float(np.max(np.abs(a - b))) for a, b in zip(before, after, strict=True))
-    mean_abs = float(np.mean([np.mean(np.abs(a - b)) for a, b in zip(before, after, strict=True)]))
-    scale = max(float(np.max(np.abs(b))) for b in before)
+    """Max abs, mean abs and relative (to the largest original output) difference of the
+    two models' outputs, over `batches` or over seeded random inputs. `source` says which
+    (`data` or `random`) for the report."""
+    source = source or ("data" if batches is not None else "random")
+    batches = batches if batches is not None else [random_inputs(original)]
+    max_abs, abs_total, count, scale, samples = 0.0, 0.0, 0, 0.0, 0
+    for inputs in batches:
+        before, after = predict(original, inputs), predict(rewritten, inputs)
+        samples += int(inputs[0].shape[0])
+        for a, b in zip(before, after, strict=True):
+            difference = np.abs(a.astype(np.float64) - b.astype(np.float64))
+            max_abs = max(max_abs, float(np.max(difference)))
+            abs_total += float(np.sum(difference))
+            count += difference.size
+            scale = max(scale, float(np.max(np.abs(a))))
     return {
         "max_abs": max_abs,
-        "mean_abs": mean_abs,
+        "mean_abs": abs_total / max(count, 1),
         "relative": max_abs / scale if scale > 0 else max_abs,
-        "samples": int(inputs[0].shape[0]),
-        "inputs": "random",
+        "samples": samples,
+        "inputs": source,
+    }
+
+
+def tensor_drift(
+    first: Any,
+    first_requests: dict[str, tuple[str, str]],
+    second: Any,
+    second_requests: dict[str, tuple[str, str]],
+    batches: Iterable[list[np.ndarray]],
+) -> dict[str, dict[str, float]]:
+    """For each label, the max abs and relative difference between a tensor of `first` and
+    one of `second` (each request: layer path and `input` or `output`)."""
+    from normify.probe import Probe
+
+    probe_first = Probe(first, dict(first_requests.values()))
+    probe_second = Probe(second, dict(second_requests.values()))
+    worst = {label: [0.0, 0.0] for label in first_requests}
+    for inputs in batches:
+        values_first, values_second = probe_first(inputs), probe_second(inputs)
+        for label in first_requests:
+            path_first, path_second = first_requests[label][0], second_requests[label][0]
+            for a, b in zip(values_first[path_first], values_second[path_second], strict=True):
+                worst[label][0] = max(worst[label][0], float(np.max(np.abs(a - b))))
+                worst[label][1] = max(worst[label][1], float(np.max(np.abs(a))))
+    return {
+        label: {"max_abs": diff, "relative": diff / scale if scale > 0 else diff}
+        for label, (diff, scale) in worst.items()
     }

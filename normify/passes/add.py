@@ -53,6 +53,8 @@ class Insertion:
     bias_moved: bool = False
     renamed: tuple[str, str] | None = None
     exact: bool = True
+    replaces: str = ""  # path of the layer whose output the new chain now stands in for
+    chain_end: str = ""  # path of the last new layer, whose output replaces it
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -162,6 +164,7 @@ def _insert(
         graph.layers[new_spec.name] = new_spec
 
     renamed = None
+    replaced_layer = layer_name
     activation_consumers = (
         _activation_consumers(graph, layer_name) if after_activation_layer else None
     )
@@ -169,6 +172,7 @@ def _insert(
         source = TensorRef(node.id, 0)
         if activation_consumers is not None:
             source = TensorRef(activation_consumers[call_index].id, 0)
+            replaced_layer = activation_consumers[call_index].layer
         chain = [Node(node_id(new_spec.name, call_index), new_spec.name) for new_spec in new_specs]
         previous = source
         for new_node in chain:
@@ -178,10 +182,13 @@ def _insert(
             renamed = renamed or (source.node, previous.node)
         splice(graph, source, chain, previous)
 
+    chain_end = new_specs[-1].name
     if renamed is not None:
         renamed = _keep_output_name(graph, renamed[0], renamed[1], editor)
         if new_specs[-1].name == norm_name:
             norm_name = renamed[0]
+        chain_end = renamed[0]
+    prefix_path = f"{prefix}/" if prefix else ""
     return Insertion(
         target=f"{prefix}/{layer_name}" if prefix else layer_name,
         norm=norm,
@@ -193,6 +200,8 @@ def _insert(
         bias_moved=bias_moved,
         renamed=renamed,
         exact=norms.is_exact_identity(norm),
+        replaces=prefix_path + replaced_layer,
+        chain_end=prefix_path + chain_end,
     )
 
 

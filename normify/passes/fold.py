@@ -28,6 +28,10 @@ class Fold:
     batchnorm: str
     into: str
 
+    @property
+    def path(self) -> str:
+        return self.batchnorm
+
     def to_json(self) -> dict[str, Any]:
         return {"batchnorm": self.batchnorm, "into": self.into}
 
