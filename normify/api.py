@@ -192,7 +192,9 @@ def add(
     model = _rebuild(source, new_graph, changed=bool(insertions))
     skipped = [d for d in decisions if not d.insert]
     report = AddReport(source.name, insertions, skipped, notices=source.notices, init=init)
-    calibration = _calibration_data(data, source.model, batch_size, max_samples)
+    calibration = _calibration_data(
+        data, source.model, batch_size, max_samples, quiet, "calibrating inserted norms"
+    )
     paths = [insertion.name for insertion in insertions]
     if init != "identity" and paths:
         from normify.calibrate import initialize_from_data
@@ -277,7 +279,9 @@ def swap(
     )
     model = _rebuild(source, new_graph, changed=bool(swaps))
     report = RewriteReport("swap", source.name, swaps, kept, notices=source.notices + notices)
-    calibration = _calibration_data(data, source.model, batch_size, max_samples)
+    calibration = _calibration_data(
+        data, source.model, batch_size, max_samples, quiet, "fitting swapped norms"
+    )
     paths = [replacement.path for replacement in swaps]
     if paths and calibration is not None:
         from normify.calibrate import fit_replacements
@@ -364,7 +368,9 @@ def recalibrate(
     if data is None:
         raise NormifyError("recalibrate needs data (--data)")
     source = _open(model_or_path, safe_mode, custom_objects)
-    calibration = _calibration_data(data, source.model, batch_size, max_samples)
+    calibration = _calibration_data(
+        data, source.model, batch_size, max_samples, quiet, "recalibrating"
+    )
     chosen, kept = [], []
     for path in batchnorm_paths(source.graph):
         reason = selected(path, tuple(include), tuple(exclude))
@@ -381,6 +387,77 @@ def recalibrate(
         report.changes = recalibrate_batchnorms(model, chosen, calibration.batches)
         _measure(report, source.model, model, calibration, [], "output")
     return Result(model, report)
+
+
+# ------------------------------------------------------------------------------ plans
+
+
+def plan_swap(
+    path: str | os.PathLike[str],
+    *,
+    from_norm: str,
+    to_norm: str,
+    groups: int | None = None,
+    include: Iterable[str] = (),
+    exclude: Iterable[str] = (),
+    allow_mask_loss: bool = False,
+) -> RewriteReport:
+    """What `swap` would do to a model file, read from its config alone (no backend)."""
+    from normify.passes.swap import swap_norms
+
+    graph = _readable_graph(path)
+    _, swaps, kept, notices = swap_norms(
+        graph, build_flow(graph), from_norm, to_norm, groups=groups, include=tuple(include),
+        exclude=tuple(exclude), allow_mask_loss=allow_mask_loss,
+    )  # fmt: skip
+    return RewriteReport("swap", str(path), swaps, kept, notices=notices)
+
+
+def plan_strip(
+    path: str | os.PathLike[str],
+    *,
+    kind: str = "all",
+    include: Iterable[str] = (),
+    exclude: Iterable[str] = (),
+) -> RewriteReport:
+    """What `strip` would do to a model file, read from its config alone (no backend)."""
+    from normify.passes.strip import strip_norms
+
+    _, removals, kept = strip_norms(_readable_graph(path), kind, tuple(include), tuple(exclude))
+    return RewriteReport("strip", str(path), removals, kept)
+
+
+def plan_fold(
+    path: str | os.PathLike[str], *, include: Iterable[str] = (), exclude: Iterable[str] = ()
+) -> RewriteReport:
+    """What `fold` would do to a model file, read from its config alone (no backend)."""
+    from normify.passes.fold import fold_batchnorms
+
+    _, folds, kept = fold_batchnorms(_readable_graph(path), tuple(include), tuple(exclude))
+    return RewriteReport("fold", str(path), folds, kept)
+
+
+def plan_recalibrate(
+    path: str | os.PathLike[str], *, include: Iterable[str] = (), exclude: Iterable[str] = ()
+) -> RewriteReport:
+    """Which BatchNormalizations `recalibrate` would update (config only, no backend)."""
+    from normify.calibrate import PlannedRecalibration
+    from normify.passes.fold import batchnorm_paths, selected
+
+    changes, kept = [], []
+    for layer_path in batchnorm_paths(_readable_graph(path)):
+        reason = selected(layer_path, tuple(include), tuple(exclude))
+        if reason is None:
+            changes.append(PlannedRecalibration(layer_path))
+        else:
+            kept.append(Kept(layer_path, reason))
+    return RewriteReport("recalibrate", str(path), changes, kept)
+
+
+def _readable_graph(path: str | os.PathLike[str]) -> graphs.Graph:
+    graph = graphs.from_config(io.read_config(path), source=path)
+    _require_rewritable(graph, str(path))
+    return graph
 
 
 # --------------------------------------------------------------------------- plumbing
@@ -426,21 +503,45 @@ def _rebuild(source: _Source, graph: graphs.Graph, changed: bool) -> Any:
     return model
 
 
-def _calibration_data(data: Any, model: Any, batch_size: int, max_samples: int) -> Any:
+@dataclass
+class _ShownData:
+    """Calibration data whose passes show a progress bar on a terminal (unless quiet)."""
+
+    data: Any
+    description: str
+    quiet: bool
+
+    def batches(self) -> Any:
+        from normify.data import progress
+
+        return progress(self.data.batches(), len(self.data), self.description, self.quiet)
+
+
+def _calibration_data(
+    data: Any,
+    model: Any,
+    batch_size: int,
+    max_samples: int,
+    quiet: bool = True,
+    description: str = "passing data",
+) -> _ShownData | None:
     if data is None:
         return None
     from normify.data import input_specs, load_data
 
     label = str(data) if isinstance(data, (str, os.PathLike)) else None
-    return load_data(
+    loaded = load_data(
         data, input_specs(model), batch_size=batch_size, max_samples=max_samples, path_label=label
     )
+    return _ShownData(loaded, description, quiet)
 
 
 def _batches(calibration: Any, model: Any) -> list[list[np.ndarray]]:
     from normify.drift import random_inputs
 
-    return list(calibration.batches()) if calibration is not None else [random_inputs(model)]
+    if calibration is None:
+        return [random_inputs(model)]
+    return list(calibration.data.batches())
 
 
 def _source_label(calibration: Any) -> str:
@@ -519,6 +620,10 @@ __all__ = [
     "audit",
     "fold",
     "plan",
+    "plan_fold",
+    "plan_recalibrate",
+    "plan_strip",
+    "plan_swap",
     "recalibrate",
     "strip",
     "swap",

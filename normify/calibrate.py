@@ -212,6 +212,16 @@ def fit_replacements(
 
 
 @dataclass(frozen=True)
+class PlannedRecalibration:
+    """A BatchNormalization a dry run would recalibrate."""
+
+    path: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"path": self.path}
+
+
+@dataclass(frozen=True)
 class StatisticsChange:
     """How far recalibration moved one BatchNormalization's moving statistics."""
 

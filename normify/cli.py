@@ -138,17 +138,113 @@ def audit(model: Path, as_json: bool, requirements: tuple[str, ...], strict: boo
         sys.exit(EXIT_VIOLATION)
 
 
+# ------------------------------------------------------------------ shared options
+
+
+def _options(*decorators: Callable[..., Any]) -> Callable[..., Any]:
+    def apply(command: Callable[..., Any]) -> Callable[..., Any]:
+        for decorator in reversed(decorators):
+            command = decorator(command)
+        return command
+
+    return apply
+
+
+def _output_options(suffix: str) -> Callable[..., Any]:
+    return _options(
+        click.option(
+            "-o",
+            "--output",
+            type=click.Path(path_type=Path),
+            help=f"Where to write the result [default: MODEL.{suffix}.keras beside MODEL].",
+        ),
+        click.option("--force", is_flag=True, help="Replace the output file if it exists."),
+        click.option("--dry-run", is_flag=True, help="Print the plan and write nothing."),
+        click.option("--json", "as_json", is_flag=True, help="Print the plan or report as JSON."),
+    )
+
+
+SELECTION_OPTIONS = _options(
+    click.option(
+        "--include",
+        multiple=True,
+        metavar="GLOB",
+        help="Only layers whose path matches (repeatable), e.g. 'encoder/*'.",
+    ),
+    click.option(
+        "--exclude",
+        multiple=True,
+        metavar="GLOB",
+        help="Skip layers whose path matches (repeatable).",
+    ),
+)
+
+LOADING_OPTIONS = _options(
+    click.option(
+        "--unsafe",
+        is_flag=True,
+        help="Turn off Keras safe mode (allows Lambda layers with Python code).",
+    ),
+    click.option(
+        "--custom-objects",
+        "custom_object_files",
+        multiple=True,
+        type=click.Path(path_type=Path),
+        metavar="FILE.py",
+        help="Python file that defines and registers custom layers (repeatable).",
+    ),
+)
+
+
+def _data_options(required: bool = False, purpose: str = "") -> Callable[..., Any]:
+    return _options(
+        click.option(
+            "--data",
+            type=click.Path(path_type=Path),
+            required=required,
+            help="An .npz with one array per model input (named after the inputs, or "
+            f"arr_0, arr_1, ... in input order) or an .npy for a single input{purpose}.",
+        ),
+        click.option(
+            "--batch-size", type=int, default=64, show_default=True, help="Samples per batch."
+        ),
+        click.option(
+            "--max-samples",
+            type=int,
+            default=1024,
+            show_default=True,
+            help="Use at most this many samples of --data.",
+        ),
+        click.option("--quiet", is_flag=True, help="No progress bar."),
+    )
+
+
+def _loading(unsafe: bool, custom_object_files: tuple[Path, ...]) -> dict[str, Any]:
+    from normify import io
+
+    custom_objects = io.load_custom_objects(custom_object_files) if custom_object_files else None
+    return {"safe_mode": not unsafe, "custom_objects": custom_objects}
+
+
+def _checked_output(model: Path, output: Path | None, force: bool, suffix: str) -> Path:
+    from normify import io
+
+    default = model.with_name(f"{model.stem}.{suffix}.keras")
+    return io.check_output_path(output or default, force=force, input_path=model)
+
+
+def _save(result: Any, output: Path) -> None:
+    from normify import io
+
+    io.save_model(result.model, output)
+    result.report.output = str(output)
+
+
 # ------------------------------------------------------------------------------ add
 
 
 @main.command()
 @click.argument("model", type=click.Path(path_type=Path))
-@click.option(
-    "-o",
-    "--output",
-    type=click.Path(path_type=Path),
-    help="Where to write the result [default: MODEL.normified.keras beside MODEL].",
-)
 @click.option(
     "--dense",
     type=NORM_CHOICE,
@@ -178,45 +274,31 @@ def audit(model: Path, as_json: bool, requirements: tuple[str, ...], strict: boo
     help="For dense and conv layers: between the linear op and its activation "
     "(pre) or after the activation (post).",
 )
-@click.option(
-    "--include",
-    multiple=True,
-    metavar="GLOB",
-    help="Only layers whose path matches (repeatable), e.g. 'encoder/*'.",
-)
-@click.option(
-    "--exclude", multiple=True, metavar="GLOB", help="Skip layers whose path matches (repeatable)."
-)
+@SELECTION_OPTIONS
 @click.option(
     "--include-output", is_flag=True, help="Also normalize layers whose output is a model output."
 )
-@click.option("--dry-run", is_flag=True, help="Print the plan and write nothing.")
-@click.option("--json", "as_json", is_flag=True, help="Print the plan or report as JSON.")
-@click.option("--force", is_flag=True, help="Replace the output file if it exists.")
 @click.option(
-    "--unsafe",
-    is_flag=True,
-    help="Turn off Keras safe mode (allows Lambda layers with Python code).",
+    "--init",
+    type=click.Choice(["identity", "calibrate", "fresh"]),
+    default="identity",
+    show_default=True,
+    help="identity: exact at inference, no data. calibrate: statistics from --data, an "
+    "identity at inference and close to one in training. fresh: gamma 1, beta 0 "
+    "(re-conditions the network; moving statistics from --data when given).",
 )
-@click.option(
-    "--custom-objects",
-    "custom_object_files",
-    multiple=True,
-    type=click.Path(path_type=Path),
-    metavar="FILE.py",
-    help="Python file that defines and registers custom layers (repeatable).",
-)
+@_data_options(purpose=" (for --init calibrate or fresh, and drift)")
+@_output_options("normified")
+@LOADING_OPTIONS
 @click.option(
     "--drift/--no-drift",
     "measure_drift",
     default=None,
-    help="Measure output drift on random inputs [default: only for norms that "
-    "cannot start as an identity].",
+    help="Measure output drift [default: whenever the result is not an exact identity].",
 )
 @reports_errors
 def add(
     model: Path,
-    output: Path | None,
     dense: str,
     conv: str,
     rnn: str,
@@ -224,19 +306,25 @@ def add(
     include: tuple[str, ...],
     exclude: tuple[str, ...],
     include_output: bool,
+    init: str,
+    data: Path | None,
+    batch_size: int,
+    max_samples: int,
+    quiet: bool,
+    output: Path | None,
+    force: bool,
     dry_run: bool,
     as_json: bool,
-    force: bool,
     unsafe: bool,
     custom_object_files: tuple[Path, ...],
     measure_drift: bool | None,
 ) -> None:
     """Insert norm layers after dense, conv and recurrent layers, keeping every weight.
 
-    An inserted BatchNormalization starts as an exact identity at inference, so the new
-    model predicts what the old one did. The input file is never modified.
+    An inserted BatchNormalization starts as an identity at inference, so the new model
+    predicts what the old one did. The input file is never modified.
     """
-    from normify import api, io
+    from normify import api
     from normify.rules import Rules
 
     rules = Rules(dense, conv, rnn, position, include, exclude, include_output)
@@ -244,10 +332,7 @@ def add(
         report = api.plan(model, rules)
         _print_add_report(report, as_json, dry_run=True)
         return
-    output = io.check_output_path(
-        output or io.default_output_path(model), force=force, input_path=model
-    )
-    custom_objects = io.load_custom_objects(custom_object_files) if custom_object_files else None
+    output = _checked_output(model, output, force, "normified")
     result = api.add(
         model,
         dense=dense,
@@ -257,13 +342,32 @@ def add(
         include=include,
         exclude=exclude,
         include_output=include_output,
+        init=init,
+        data=data,
+        batch_size=batch_size,
+        max_samples=max_samples,
+        quiet=quiet,
         measure_drift=measure_drift,
-        safe_mode=not unsafe,
-        custom_objects=custom_objects,
+        **_loading(unsafe, custom_object_files),
     )
-    io.save_model(result.model, output)
-    result.report.output = str(output)
+    _save(result, output)
     _print_add_report(result.report, as_json, dry_run=False)
+
+
+def _drift_line(drift: dict[str, Any] | None) -> str | None:
+    if drift is None:
+        return None
+    inputs = "data samples" if drift["inputs"] == "data" else "random inputs"
+    return (
+        f"drift on {drift['samples']} {inputs}: max abs {drift['max_abs']:.3g}, "
+        f"mean abs {drift['mean_abs']:.3g}, relative {drift['relative']:.3g}"
+    )
+
+
+def _layer_drift_text(drift: dict[str, float] | None) -> str:
+    if not drift:
+        return ""
+    return f" [drift max abs {drift['max_abs']:.3g}, relative {drift['relative']:.3g}]"
 
 
 def _print_add_report(report: Any, as_json: bool, dry_run: bool) -> None:
@@ -286,24 +390,270 @@ def _print_add_report(report: Any, as_json: bool, dry_run: bool) -> None:
         click.echo(
             f"insert {insertion.name} ({insertion.norm_class}, axis {insertion.axis}) "
             f"after {insertion.target}, {insertion.position}{note}"
+            f"{_layer_drift_text(report.layer_drift.get(insertion.name))}"
         )
     for skip in report.skipped:
         click.echo(f"skip   {skip.path}: {skip.reason}")
+    _print_tail(report, len(report.insertions), "norm layer(s) inserted", dry_run)
+
+
+def _print_tail(report: Any, count: int, what: str, dry_run: bool) -> None:
     for notice in report.notices:
         click.echo(f"note: {notice}")
-    if report.drift is not None:
-        drift = report.drift
-        click.echo(
-            f"drift on {drift['samples']} random inputs: max abs {drift['max_abs']:.3g}, "
-            f"relative {drift['relative']:.3g}"
-        )
-    count = len(report.insertions)
+    line = _drift_line(report.drift)
+    if line:
+        click.echo(line)
     if dry_run:
-        click.echo(f"dry run: {count} norm layer(s) would be inserted; nothing written")
+        click.echo(f"dry run: {count} {what.replace('(s) ', '(s) would be ', 1)}; nothing written")
     elif count == 0:
-        click.echo(f"nothing to insert; wrote an unchanged copy to {report.output}")
+        click.echo(f"nothing to change; wrote an unchanged copy to {report.output}")
     else:
-        click.echo(f"wrote {report.output} ({count} norm layer(s) inserted)")
+        click.echo(f"wrote {report.output} ({count} {what})")
+
+
+# ------------------------------------------------------------- swap, strip, fold
+
+
+def _print_rewrite_report(report: Any, as_json: bool, dry_run: bool) -> None:
+    if as_json:
+        payload = report.to_json()
+        payload["dry_run"] = dry_run
+        click.echo(json.dumps(payload, indent=2))
+        return
+    for change in report.changes:
+        drift = _layer_drift_text(report.layer_drift.get(change.path))
+        click.echo(f"{_describe(report.command, change)}{drift}")
+    for kept in report.kept:
+        click.echo(f"keep   {kept.path}: {kept.reason}")
+    what = {
+        "swap": "norm layer(s) swapped",
+        "strip": "norm layer(s) removed",
+        "fold": "BatchNormalization(s) folded",
+        "recalibrate": "BatchNormalization(s) recalibrated",
+    }[report.command]
+    _print_tail(report, len(report.changes), what, dry_run)
+
+
+def _describe(command: str, change: Any) -> str:
+    if command == "swap":
+        carried = ", ".join(change.carried) or "nothing"
+        groups = f", {change.groups} groups" if change.groups else ""
+        classes = f"{change.from_class} -> {change.to_class}{groups}"
+        return f"swap   {change.path}: {classes} (carried {carried})"
+    if command == "fold":
+        return f"fold   {change.batchnorm} into {change.into}"
+    if command == "strip":
+        how = f"folded into {change.folded_into}" if change.folded_into else "removed"
+        return f"strip  {change.path} ({change.class_name}): {how}"
+    if not hasattr(change, "mean_change"):
+        return f"recalibrate {change.path}"
+    return (
+        f"recalibrate {change.path}: moving mean moved up to {change.mean_change:.3g}, "
+        f"variance up to {change.variance_change:.3g} (ratio up to {change.variance_ratio:.3g})"
+    )
+
+
+@main.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option(
+    "--from",
+    "from_norm",
+    required=True,
+    type=click.Choice(["batchnorm", "layernorm", "groupnorm", "rmsnorm"]),
+    help="Class of the norm layers to replace.",
+)
+@click.option(
+    "--to",
+    "to_norm",
+    required=True,
+    type=click.Choice(["batchnorm", "layernorm", "groupnorm", "rmsnorm"]),
+    help="Class to replace them with.",
+)
+@click.option(
+    "--groups",
+    type=click.IntRange(min=1),
+    help="Groups for GroupNormalization [default: the largest divisor of the channel count "
+    "that is at most 32].",
+)
+@click.option(
+    "--allow-mask-loss",
+    is_flag=True,
+    help="Swap to rmsnorm even where a mask flows (RMSNormalization destroys masks).",
+)
+@SELECTION_OPTIONS
+@_data_options(purpose=" (fits the new layers to the old ones' outputs)")
+@_output_options("swapped")
+@LOADING_OPTIONS
+@reports_errors
+def swap(
+    model: Path, from_norm: str, to_norm: str, groups: int | None, allow_mask_loss: bool,
+    include: tuple[str, ...], exclude: tuple[str, ...], data: Path | None, batch_size: int,
+    max_samples: int, quiet: bool, output: Path | None, force: bool, dry_run: bool,
+    as_json: bool, unsafe: bool, custom_object_files: tuple[Path, ...],
+) -> None:  # fmt: skip
+    """Replace norm layers of one class by another (--from batchnorm --to layernorm).
+
+    Names, axes and epsilon are kept; gamma and beta are carried where the shapes match.
+    No swap is exact: the report gives each swapped layer's drift and the model's.
+    """
+    from normify import api
+
+    if dry_run:
+        report = api.plan_swap(
+            model, from_norm=from_norm, to_norm=to_norm, groups=groups, include=include,
+            exclude=exclude, allow_mask_loss=allow_mask_loss,
+        )  # fmt: skip
+        _print_rewrite_report(report, as_json, dry_run=True)
+        return
+    output = _checked_output(model, output, force, "swapped")
+    result = api.swap(
+        model, from_norm=from_norm, to_norm=to_norm, groups=groups, include=include,
+        exclude=exclude, data=data, allow_mask_loss=allow_mask_loss, batch_size=batch_size,
+        max_samples=max_samples, quiet=quiet, **_loading(unsafe, custom_object_files),
+    )  # fmt: skip
+    _save(result, output)
+    _print_rewrite_report(result.report, as_json, dry_run=False)
+
+
+@main.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option(
+    "--kind",
+    type=click.Choice(["batchnorm", "layernorm", "groupnorm", "rmsnorm", "unitnorm", "all"]),
+    default="all",
+    show_default=True,
+    help="Which norm layers to remove.",
+)
+@SELECTION_OPTIONS
+@_data_options(purpose=" (to measure the drift)")
+@_output_options("stripped")
+@LOADING_OPTIONS
+@reports_errors
+def strip(
+    model: Path, kind: str, include: tuple[str, ...], exclude: tuple[str, ...],
+    data: Path | None, batch_size: int, max_samples: int, quiet: bool, output: Path | None,
+    force: bool, dry_run: bool, as_json: bool, unsafe: bool,
+    custom_object_files: tuple[Path, ...],
+) -> None:  # fmt: skip
+    """Remove norm layers. A BatchNormalization right after a linear layer is folded into
+    it first, so inference is unchanged; every other removal's drift is reported."""
+    from normify import api
+
+    if dry_run:
+        report = api.plan_strip(model, kind=kind, include=include, exclude=exclude)
+        _print_rewrite_report(report, as_json, dry_run=True)
+        return
+    output = _checked_output(model, output, force, "stripped")
+    result = api.strip(
+        model, kind=kind, include=include, exclude=exclude, data=data, batch_size=batch_size,
+        max_samples=max_samples, **_loading(unsafe, custom_object_files),
+    )  # fmt: skip
+    _save(result, output)
+    _print_rewrite_report(result.report, as_json, dry_run=False)
+
+
+@main.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@SELECTION_OPTIONS
+@_data_options(purpose=" (to measure the drift)")
+@_output_options("folded")
+@LOADING_OPTIONS
+@reports_errors
+def fold(
+    model: Path, include: tuple[str, ...], exclude: tuple[str, ...], data: Path | None,
+    batch_size: int, max_samples: int, quiet: bool, output: Path | None, force: bool,
+    dry_run: bool, as_json: bool, unsafe: bool, custom_object_files: tuple[Path, ...],
+) -> None:  # fmt: skip
+    """Fold every BatchNormalization that directly follows a dense or conv layer into it.
+
+    For deployment: inference is unchanged (within float rounding) and faster. Those
+    that cannot be folded (after an activation, after an Add, shared) stay, with the reason.
+    """
+    from normify import api
+
+    if dry_run:
+        report = api.plan_fold(model, include=include, exclude=exclude)
+        _print_rewrite_report(report, as_json, dry_run=True)
+        return
+    output = _checked_output(model, output, force, "folded")
+    result = api.fold(
+        model, include=include, exclude=exclude, data=data, batch_size=batch_size,
+        max_samples=max_samples, **_loading(unsafe, custom_object_files),
+    )  # fmt: skip
+    _save(result, output)
+    _print_rewrite_report(result.report, as_json, dry_run=False)
+
+
+@main.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@SELECTION_OPTIONS
+@_data_options(required=True)
+@_output_options("recalibrated")
+@LOADING_OPTIONS
+@reports_errors
+def recalibrate(
+    model: Path, include: tuple[str, ...], exclude: tuple[str, ...], data: Path,
+    batch_size: int, max_samples: int, quiet: bool, output: Path | None, force: bool,
+    dry_run: bool, as_json: bool, unsafe: bool, custom_object_files: tuple[Path, ...],
+) -> None:  # fmt: skip
+    """Recompute the exact moving statistics of every BatchNormalization over --data.
+
+    A cumulative average over all batches, not a momentum update, layer after layer so
+    each sees the recalibrated layers before it: repairs statistics that lag after
+    fine-tuning.
+    """
+    from normify import api
+
+    if dry_run:
+        report = api.plan_recalibrate(model, include=include, exclude=exclude)
+        _print_rewrite_report(report, as_json, dry_run=True)
+        return
+    output = _checked_output(model, output, force, "recalibrated")
+    result = api.recalibrate(
+        model, data=data, include=include, exclude=exclude, batch_size=batch_size,
+        max_samples=max_samples, quiet=quiet, **_loading(unsafe, custom_object_files),
+    )  # fmt: skip
+    _save(result, output)
+    _print_rewrite_report(result.report, as_json, dry_run=False)
+
+
+# ---------------------------------------------------------------------------- verify
+
+
+@main.command()
+@click.argument("original", type=click.Path(path_type=Path))
+@click.argument("rewritten", type=click.Path(path_type=Path))
+@click.option(
+    "--tolerance",
+    type=float,
+    help="Exit 1 when the relative output drift exceeds this (e.g. 1e-5).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON.")
+@_data_options(purpose=" (else random inputs from the input spec)")
+@LOADING_OPTIONS
+@reports_errors
+def verify(
+    original: Path, rewritten: Path, tolerance: float | None, as_json: bool,
+    data: Path | None, batch_size: int, max_samples: int, quiet: bool, unsafe: bool,
+    custom_object_files: tuple[Path, ...],
+) -> None:  # fmt: skip
+    """Compare a rewritten model with its original: which weights were carried bit for
+    bit, changed, moved or removed, which layers were added or removed, and the output
+    drift."""
+    from normify.verify import render
+    from normify.verify import verify as run_verify
+
+    report = run_verify(
+        original, rewritten, data=data, tolerance=tolerance, batch_size=batch_size,
+        max_samples=max_samples, **_loading(unsafe, custom_object_files),
+    )  # fmt: skip
+    if as_json:
+        click.echo(json.dumps(report.to_json(), indent=2))
+    else:
+        for line in render(report):
+            click.echo(line)
+    if not report.passed:
+        sys.exit(EXIT_VIOLATION)
 
 
 if __name__ == "__main__":  # pragma: no cover
