@@ -9,19 +9,38 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 # Bound after the submodules load, so `normify.audit` is the function, not the module.
-from normify.api import AddReport, Result, add, audit, plan  # noqa: E402
+from normify.api import (  # noqa: E402
+    AddReport,
+    Result,
+    RewriteReport,
+    add,
+    audit,
+    fold,
+    plan,
+    recalibrate,
+    strip,
+    swap,
+)
 from normify.audit import AuditReport  # noqa: E402
 from normify.errors import NormifyError  # noqa: E402
 from normify.rules import Rules  # noqa: E402
+from normify.verify import VerifyReport, verify  # noqa: E402
 
 __all__ = [
     "AddReport",
     "AuditReport",
     "NormifyError",
     "Result",
+    "RewriteReport",
     "Rules",
+    "VerifyReport",
     "__version__",
     "add",
     "audit",
+    "fold",
     "plan",
+    "recalibrate",
+    "strip",
+    "swap",
+    "verify",
 ]

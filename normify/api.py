@@ -192,6 +192,7 @@ def add(
     model = _rebuild(source, new_graph, changed=bool(insertions))
     skipped = [d for d in decisions if not d.insert]
     report = AddReport(source.name, insertions, skipped, notices=source.notices, init=init)
+    report.notices.extend(f"{i.target}: {i.note}" for i in insertions if i.note)
     calibration = _calibration_data(
         data, source.model, batch_size, max_samples, quiet, "calibrating inserted norms"
     )
@@ -204,15 +205,17 @@ def add(
         else:
             _fresh_without_data(model, paths)
     inexact = [i for i in insertions if not i.exact] if init == "identity" else insertions
-    if inexact:
-        names = sorted({i.norm_class for i in inexact})
-        what = (
-            f"{', '.join(names)} cannot start as an identity"
-            if init == "identity"
-            else (f"--init {init} is not an identity at inference")
+    not_identity = sorted({i.norm_class for i in insertions if i.norm != "batchnorm"})
+    if init == "fresh":
+        report.notices.append(
+            "--init fresh is not an identity at inference: predictions change until "
+            "retraining (see drift)"
         )
-        if init != "calibrate" or any(i.norm != "batchnorm" for i in insertions):
-            report.notices.append(f"{what}: predictions change until retraining (see drift)")
+    elif not_identity:
+        report.notices.append(
+            f"{', '.join(not_identity)} cannot start as an identity: predictions change "
+            "until retraining (see drift)"
+        )
     if measure_drift or (measure_drift is None and inexact):
         from normify.drift import output_drift, tensor_drift
 

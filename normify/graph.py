@@ -113,6 +113,9 @@ class Graph:
     outputs: Any
     opaque_reason: str | None = None
     obj: Any = field(default=None, repr=False, compare=False)
+    # Static shapes of the tensors that flow between nodes (batch dimension included),
+    # where known: what some rules need (a channels_first bias, a channel count).
+    shapes: dict[TensorRef, tuple[int | None, ...]] = field(default_factory=dict, compare=False)
 
     def copy(self) -> Graph:
         """A copy whose dicts and specs can be edited without touching this graph."""
@@ -262,6 +265,7 @@ def _looks_like_model(entry: dict[str, Any]) -> bool:
 def _sequential_from_config(name: str, config: dict[str, Any], depth: int) -> Graph:
     layers: dict[str, LayerSpec] = {}
     nodes: dict[str, Node] = {}
+    shapes: dict[TensorRef, tuple[int | None, ...]] = {}
     previous: TensorRef | None = None
     for entry in config["layers"]:
         spec = _layer_spec_from_config(entry, depth)
@@ -276,10 +280,13 @@ def _sequential_from_config(name: str, config: dict[str, Any], depth: int) -> Gr
             if previous is None:
                 previous = _implicit_sequential_input(name, config, layers, nodes)
             nodes[spec.name] = Node(spec.name, spec.name, (previous,))
+            input_shape = (entry.get("build_config") or {}).get("input_shape")
+            if isinstance(input_shape, list):
+                shapes[previous] = tuple(input_shape)
         previous = TensorRef(spec.name)
     inputs = [TensorRef(next(iter(nodes)))] if nodes else []
     outputs = [previous] if previous is not None else []
-    return Graph(name, "Sequential", True, layers, nodes, inputs, outputs)
+    return Graph(name, "Sequential", True, layers, nodes, inputs, outputs, shapes=shapes)
 
 
 def _implicit_sequential_input(
@@ -298,6 +305,7 @@ def _functional_from_config(
 ) -> Graph:
     layers: dict[str, LayerSpec] = {}
     pending: list[Node] = []
+    shapes: dict[TensorRef, tuple[int | None, ...]] = {}
     for entry in config["layers"]:
         spec = _layer_spec_from_config(entry, depth)
         if spec.name in layers:
@@ -310,7 +318,7 @@ def _functional_from_config(
             pending.append(Node(spec.name, spec.name))
             continue
         for call_index, node_data in enumerate(inbound):
-            args, kwargs = _node_arguments_from_config(node_data)
+            args, kwargs = _node_arguments_from_config(node_data, shapes)
             pending.append(Node(node_id(spec.name, call_index), spec.name, args, kwargs))
     nodes = _topological(pending, name)
     inputs = _refs_from_config(config.get("input_layers", []), nodes, name)
@@ -318,16 +326,18 @@ def _functional_from_config(
     for ref in tensor_refs(outputs):
         if ref.node not in nodes:
             raise NormifyError(f"output {ref.node!r} of {name} is not a layer call")
-    return Graph(name, class_name, False, layers, nodes, inputs, outputs)
+    return Graph(name, class_name, False, layers, nodes, inputs, outputs, shapes=shapes)
 
 
-def _node_arguments_from_config(node_data: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+def _node_arguments_from_config(
+    node_data: Any, shapes: dict[TensorRef, tuple[int | None, ...]]
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
     if isinstance(node_data, dict):  # Keras 3: {"args": [...], "kwargs": {...}}
         args = node_data.get("args", [])
         kwargs = node_data.get("kwargs", {})
         if not isinstance(args, list) or not isinstance(kwargs, dict):
             raise NormifyError("a node's args or kwargs have the wrong type")
-        return tuple(_deserialize_arguments(args)), _deserialize_arguments(kwargs)
+        return tuple(_deserialize_arguments(args, shapes)), _deserialize_arguments(kwargs, shapes)
     if isinstance(node_data, list):  # Keras 2: [[layer, node_index, tensor_index, kwargs], ...]
         refs = []
         kwargs: dict[str, Any] = {}
@@ -341,14 +351,18 @@ def _node_arguments_from_config(node_data: Any) -> tuple[tuple[Any, ...], dict[s
     raise NormifyError(f"an inbound node has an unknown format: {type(node_data).__name__}")
 
 
-def _deserialize_arguments(structure: Any) -> Any:
+def _deserialize_arguments(structure: Any, shapes: dict | None = None) -> Any:
     if isinstance(structure, dict) and structure.get("class_name") == "__keras_tensor__":
         history = structure["config"]["keras_history"]
-        return TensorRef(node_id(history[0], int(history[1])), int(history[2]))
+        ref = TensorRef(node_id(history[0], int(history[1])), int(history[2]))
+        shape = structure["config"].get("shape")
+        if shapes is not None and isinstance(shape, list):
+            shapes[ref] = tuple(shape)
+        return ref
     if isinstance(structure, list):
-        return [_deserialize_arguments(item) for item in structure]
+        return [_deserialize_arguments(item, shapes) for item in structure]
     if isinstance(structure, dict):
-        return {key: _deserialize_arguments(value) for key, value in structure.items()}
+        return {key: _deserialize_arguments(value, shapes) for key, value in structure.items()}
     return structure
 
 
@@ -487,6 +501,7 @@ def _live_config(operation: Any) -> dict[str, Any]:
 def _sequential_from_live(model: Any, depth: int) -> Graph:
     layers: dict[str, LayerSpec] = {}
     nodes: dict[str, Node] = {}
+    shapes: dict[TensorRef, tuple[int | None, ...]] = {}
     previous: TensorRef | None = None
     inputs: list[TensorRef] = []
     for layer in model._layers:  # includes the InputLayer, unlike `model.layers`
@@ -504,8 +519,12 @@ def _sequential_from_live(model: Any, depth: int) -> Graph:
                 )
             nodes[spec.name] = Node(spec.name, spec.name, (previous,))
         previous = TensorRef(spec.name)
+        if layer._inbound_nodes:
+            shapes[previous] = tuple(layer._inbound_nodes[0].outputs[0].shape)
     outputs = [previous] if previous is not None else []
-    return Graph(model.name, "Sequential", True, layers, nodes, inputs, outputs, obj=model)
+    return Graph(
+        model.name, "Sequential", True, layers, nodes, inputs, outputs, obj=model, shapes=shapes
+    )
 
 
 def _functional_from_live(model: Any, depth: int) -> Graph:
@@ -558,7 +577,14 @@ def _functional_from_live(model: Any, depth: int) -> Graph:
     nodes = _topological(pending, model.name)
     inputs = map_leaves(to_ref, _as_list_structure(model._inputs_struct))
     outputs = map_leaves(to_ref, _as_list_structure(model._outputs_struct))
-    return Graph(model.name, "Functional", False, layers, nodes, inputs, outputs, obj=model)
+    shapes = {
+        TensorRef(ids[key], index): tuple(tensor.shape)
+        for key, node in reachable.items()
+        for index, tensor in enumerate(node.outputs)
+    }
+    return Graph(
+        model.name, "Functional", False, layers, nodes, inputs, outputs, obj=model, shapes=shapes
+    )
 
 
 def _as_list_structure(structure: Any) -> Any:

@@ -48,6 +48,25 @@ def channel_axis(class_name: str, config: dict[str, Any]) -> int:
     return 1 + time_axes
 
 
+def misapplies_channels_first_bias(
+    class_name: str, config: dict[str, Any], output_shape: tuple[int | None, ...] | None
+) -> bool:
+    """Whether Keras (3.15, TensorFlow backend) adds this layer's bias on the wrong axis.
+
+    A channels_first convolution adds its bias reshaped to (1, C, 1, ...) with
+    `keras.ops.add`, which the TensorFlow backend turns into `tf.nn.bias_add` in NHWC
+    whenever the output's last dimension equals C: the bias then lands on the width axis.
+    """
+    inner_class, _ = kinds.innermost(class_name, config)
+    axis = channel_axis(class_name, config)
+    if inner_class not in kinds.CONV_CLASSES or axis < 0 or not output_shape:
+        return False
+    if len(output_shape) <= axis + 1:
+        return False
+    channels, width = output_shape[axis], output_shape[-1]
+    return channels is not None and channels == width
+
+
 def largest_group_count(channels: int, limit: int = 32) -> int:
     """The largest divisor of `channels` that is at most `limit`."""
     return max(d for d in range(1, min(channels, limit) + 1) if channels % d == 0)

@@ -53,6 +53,7 @@ class Insertion:
     bias_moved: bool = False
     renamed: tuple[str, str] | None = None
     exact: bool = True
+    note: str | None = None
     replaces: str = ""  # path of the layer whose output the new chain now stands in for
     chain_end: str = ""  # path of the last new layer, whose output replaces it
 
@@ -67,6 +68,7 @@ class Insertion:
             "bias_moved": self.bias_moved,
             "renamed": list(self.renamed) if self.renamed else None,
             "exact": self.exact,
+            "note": self.note,
         }
 
 
@@ -183,6 +185,16 @@ def _insert(
         splice(graph, source, chain, previous)
 
     chain_end = new_specs[-1].name
+    note = None
+    first_output = graph.shapes.get(TensorRef(graph.nodes_of(layer_name)[0].id, 0))
+    if bias_moved and norms.misapplies_channels_first_bias(
+        spec.class_name, spec.config, first_output
+    ):
+        note = (
+            "Keras adds this channels_first layer's bias on the wrong axis (its output width "
+            "equals its channel count); as the BatchNormalization's beta the bias is applied "
+            "correctly, so predictions change"
+        )
     if renamed is not None:
         renamed = _keep_output_name(graph, renamed[0], renamed[1], editor)
         if new_specs[-1].name == norm_name:
@@ -199,7 +211,8 @@ def _insert(
         activation_layer=activation_name,
         bias_moved=bias_moved,
         renamed=renamed,
-        exact=norms.is_exact_identity(norm),
+        exact=norms.is_exact_identity(norm) and note is None,
+        note=note,
         replaces=prefix_path + replaced_layer,
         chain_end=prefix_path + chain_end,
     )

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any
 
-from normify import kinds
+from normify import kinds, norms
 from normify.folding import fold_reason, folded_config
 from normify.graph import MODIFIED, FoldedFrom, Graph, Node, walk_layers
 from normify.passes.edit import Editor, consumers, output_refs, remove_node
@@ -130,4 +130,11 @@ def _foldable_producer(graph: Graph, name: str, is_top: bool) -> Node | str:
     if is_top and any(ref.node == node.id for ref in output_refs(graph)):
         return "its output is a model output (removing it would rename the output)"
     reason = fold_reason(producer.class_name, producer.config, batchnorm.config.get("axis", -1))
+    if reason is None and norms.misapplies_channels_first_bias(
+        producer.class_name, producer.config, graph.shapes.get(source)
+    ):
+        reason = (
+            f"{producer.name} is channels_first with output width equal to its channel count: "
+            "Keras would add a folded bias on the wrong axis"
+        )
     return producer_node if reason is None else reason
