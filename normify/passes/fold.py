@@ -15,7 +15,7 @@ from typing import Any
 
 from normify import kinds, norms
 from normify.folding import fold_reason, folded_config
-from normify.graph import MODIFIED, FoldedFrom, Graph, Node, walk_layers
+from normify.graph import MODIFIED, FoldedFrom, Graph, LayerSpec, walk_layers
 from normify.passes.edit import Editor, consumers, output_refs, remove_node
 
 BATCHNORM_CLASSES = ("BatchNormalization", "SyncBatchNormalization")
@@ -88,8 +88,7 @@ def try_fold(editor: Editor, path: str) -> Fold | str:
     reason_or_producer = _foldable_producer(graph, name, is_top=graph is editor.root)
     if isinstance(reason_or_producer, str):
         return reason_or_producer
-    producer_node = reason_or_producer
-    producer = graph.layers[producer_node.layer]
+    producer = reason_or_producer
     batchnorm = graph.layers[name]
     graph.layers[producer.name] = dataclasses.replace(
         producer,
@@ -97,24 +96,30 @@ def try_fold(editor: Editor, path: str) -> Fold | str:
         status=MODIFIED,
         init={**producer.init, "fold": FoldedFrom(batchnorm)},
     )
-    remove_node(graph, graph.nodes_of(name)[0].id)
+    for node in graph.nodes_of(name):
+        remove_node(graph, node.id)
     prefix = f"{owner_path}/" if owner_path else ""
     return Fold(path, prefix + producer.name)
 
 
-def _foldable_producer(graph: Graph, name: str, is_top: bool) -> Node | str:
+def _foldable_producer(graph: Graph, name: str, is_top: bool) -> LayerSpec | str:
+    """The linear layer this BatchNormalization can fold into, or the reason it cannot.
+
+    A shared pair folds too: when every call of the BatchNormalization reads a call of
+    the same linear layer, and every call of that layer feeds only the BatchNormalization
+    (what `add` builds for a shared layer).
+    """
     batchnorm = graph.layers[name]
-    calls = graph.nodes_of(name)
-    if len(calls) != 1:
-        return f"shared: called {len(calls)} times"
     if batchnorm.config.get("renorm"):
         return "uses batch renormalization"
-    [node] = calls
-    if len(node.inputs) != 1:
+    calls = graph.nodes_of(name)
+    if any(len(node.inputs) != 1 for node in calls):
         return "has more than one input"
-    [source] = node.inputs
-    producer_node = graph.nodes[source.node]
-    producer = graph.layers[producer_node.layer]
+    sources = [node.inputs[0] for node in calls]
+    producer_layers = {graph.nodes[source.node].layer for source in sources}
+    if len(producer_layers) != 1:
+        return f"shared: its {len(calls)} calls follow different layers"
+    producer = graph.layers[producer_layers.pop()]
     if producer.kind not in (kinds.DENSE, kinds.CONV):
         what = "an activation" if producer.kind == kinds.PASS else f"{producer.class_name}"
         return f"follows {what} ({producer.name}), not a dense or conv layer"
@@ -123,18 +128,23 @@ def _foldable_producer(graph: Graph, name: str, is_top: bool) -> Node | str:
         return f"follows the {activation} activation of {producer.name}"
     if "fold" in producer.init:
         return f"{producer.name} already absorbs another BatchNormalization"
-    if source.index != 0 or len(graph.nodes_of(producer.name)) != 1:
-        return f"{producer.name} is called more than once"
-    if len(consumers(graph, source)) != 1 or source in output_refs(graph):
-        return f"the output of {producer.name} is also used elsewhere"
-    if is_top and any(ref.node == node.id for ref in output_refs(graph)):
+    if any(source.index != 0 for source in sources):
+        return f"reads a secondary output of {producer.name}"
+    if len(graph.nodes_of(producer.name)) != len(calls):
+        return f"{producer.name} is also called where this BatchNormalization does not follow it"
+    outputs = output_refs(graph)
+    for source in sources:
+        if len(consumers(graph, source)) != 1 or source in outputs:
+            return f"the output of {producer.name} is also used elsewhere"
+    call_ids = {node.id for node in calls}
+    if is_top and any(ref.node in call_ids for ref in outputs):
         return "its output is a model output (removing it would rename the output)"
     reason = fold_reason(producer.class_name, producer.config, batchnorm.config.get("axis", -1))
     if reason is None and norms.misapplies_channels_first_bias(
-        producer.class_name, producer.config, graph.shapes.get(source)
+        producer.class_name, producer.config, graph.shapes.get(sources[0])
     ):
         reason = (
             f"{producer.name} is channels_first with output width equal to its channel count: "
             "Keras would add a folded bias on the wrong axis"
         )
-    return producer_node if reason is None else reason
+    return producer if reason is None else reason

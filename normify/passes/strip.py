@@ -10,6 +10,7 @@ gives back the original structure.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,11 +74,13 @@ def strip_norms(
                 _restore_activation(editor, folded.into)
                 removals.append(Removal(path, class_name, folded.into))
                 continue
-        reason = _remove(editor, path)
-        if reason is None:
-            removals.append(Removal(path, class_name))
-        else:
+        reason, producers = _remove(editor, path)
+        if reason is not None:
             kept.append(Kept(path, reason))
+            continue
+        removals.append(Removal(path, class_name))
+        for producer in producers:
+            _restore_activation(editor, producer)
     return editor.root, removals, kept
 
 
@@ -89,43 +92,60 @@ def _classes(kind: str) -> tuple[str, ...]:
     return STRIP_KINDS[kind]
 
 
-def _remove(editor: Editor, path: str) -> str | None:
+def _remove(editor: Editor, path: str) -> tuple[str | None, list[str]]:
+    """Remove every call of the norm at `path`: (reason it cannot be, None) or (None, the
+    paths of the dense and conv layers whose output it read)."""
     owner_path, _, name = path.rpartition("/")
     graph = editor.graph_at(owner_path)
     calls = graph.nodes_of(name)
     call_ids = {node.id for node in calls}
     if graph is editor.root and any(ref.node in call_ids for ref in output_refs(graph)):
-        return "its output is a model output (removing it would rename the output)"
+        return "its output is a model output (removing it would rename the output)", []
     if any(len(node.inputs) != 1 for node in calls):
-        return "has more than one input"
+        return "has more than one input", []
+    producers = {graph.nodes[node.inputs[0].node].layer for node in calls}
     for node in calls:
         remove_node(graph, node.id)
-    return None
+    prefix = f"{owner_path}/" if owner_path else ""
+    linear = [p for p in producers if graph.layers[p].kind in (kinds.DENSE, kinds.CONV)]
+    return None, [prefix + producer for producer in sorted(linear)]
 
 
 def _restore_activation(editor: Editor, linear_path: str) -> None:
-    """Merge the `<linear>_act` Activation that `add` split off back into the layer."""
+    """Merge the `<linear>_act` Activation that `add` split off back into the layer, when
+    it is the only reader of every call of the layer."""
     owner_path, _, name = linear_path.rpartition("/")
     graph = editor.graph_at(owner_path)
-    [node] = graph.nodes_of(name)
-    readers = consumers(graph, TensorRef(node.id, 0))
-    if len(readers) != 1 or TensorRef(node.id, 0) in output_refs(graph):
-        return
-    reader_spec = graph.layers[readers[0].layer]
     spec = graph.layers[name]
-    if reader_spec.name != f"{name}_act" or reader_spec.class_name != "Activation":
-        return
     if kinds.has_nonlinear_activation(spec.class_name, spec.config):
         return
-    is_output = graph is editor.root and TensorRef(readers[0].id, 0) in output_refs(graph)
-    if is_output or len(graph.nodes_of(reader_spec.name)) != 1:
+    outputs = output_refs(graph) if graph is editor.root else []
+    readers = []
+    for node in graph.nodes_of(name):
+        found = consumers(graph, TensorRef(node.id, 0))
+        if len(found) != 1 or TensorRef(node.id, 0) in outputs:
+            return
+        readers.append(found[0])
+    activation = graph.layers[readers[0].layer] if readers else None
+    # `add` names the split-off activation `<layer>_act` (`_act_1`... on a name clash)
+    made_by_add = activation is not None and re.fullmatch(
+        rf"{re.escape(name)}_act(_\d+)?", activation.name
+    )
+    if not made_by_add or activation.class_name != "Activation":
         return
+    if any(reader.layer != activation.name for reader in readers):
+        return
+    if len(readers) != len(graph.nodes_of(activation.name)):
+        return
+    if any(TensorRef(reader.id, 0) in outputs for reader in readers):
+        return  # the activation names a model output
     graph.layers[name] = dataclasses.replace(
         spec,
-        config=_with_activation(spec.class_name, spec.config, reader_spec.config["activation"]),
+        config=_with_activation(spec.class_name, spec.config, activation.config["activation"]),
         status=MODIFIED,
     )
-    remove_node(graph, readers[0].id)
+    for reader in readers:
+        remove_node(graph, reader.id)
 
 
 def _with_activation(class_name: str, config: dict[str, Any], activation: Any) -> dict[str, Any]:
