@@ -99,3 +99,15 @@ def test_replace_section_refuses_unterminated_section(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="no matching"):
         results.replace_section("one", "new", path)
     assert "old" in path.read_text()
+
+
+def test_fold_speed_smoke() -> None:
+    completed = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "fold_speed.py"), "--models", "tiny", "--repeat", "1"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert "| tiny | 8 | 2 / 0 / 0 |" in completed.stdout  # both BNs folded away
+    assert "SKIP (smoke)" in completed.stdout
