@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -159,6 +161,13 @@ def _output_options(suffix: str) -> Callable[..., Any]:
             help=f"Where to write the result [default: MODEL.{suffix}.keras beside MODEL].",
         ),
         click.option("--force", is_flag=True, help="Replace the output file if it exists."),
+        click.option(
+            "--in-place",
+            is_flag=True,
+            help="Replace MODEL itself, once the new file is complete and loads; the old "
+            "file is kept as MODEL.bak.",
+        ),
+        click.option("--no-backup", is_flag=True, help="With --in-place: keep no MODEL.bak."),
         click.option("--dry-run", is_flag=True, help="Print the plan and write nothing."),
         click.option("--json", "as_json", is_flag=True, help="Print the plan or report as JSON."),
     )
@@ -226,18 +235,53 @@ def _loading(unsafe: bool, custom_object_files: tuple[Path, ...]) -> dict[str, A
     return {"safe_mode": not unsafe, "custom_objects": custom_objects}
 
 
-def _checked_output(model: Path, output: Path | None, force: bool, suffix: str) -> Path:
+@dataclass(frozen=True)
+class _Destination:
+    """Where a rewrite goes: a new file, or the input itself (--in-place)."""
+
+    path: Path
+    in_place: bool = False
+    backup: bool = True
+
+
+def _destination(
+    model: Path,
+    output: Path | None,
+    force: bool,
+    suffix: str,
+    in_place: bool = False,
+    no_backup: bool = False,
+) -> _Destination:
+    """Check, before any work, that the result can be written where it should go."""
     from normify import io
 
+    if in_place:
+        if output is not None:
+            raise NormifyError("--in-place and -o are exclusive: choose one")
+        io.detect_format(model)
+        if not os.access(model, os.W_OK) or not os.access(model.parent or Path("."), os.W_OK):
+            raise NormifyError("cannot replace the model in place: not writable", model)
+        return _Destination(model, in_place=True, backup=not no_backup)
+    if no_backup:
+        raise NormifyError("--no-backup only makes sense with --in-place")
     default = model.with_name(f"{model.stem}.{suffix}.keras")
-    return io.check_output_path(output or default, force=force, input_path=model)
+    return _Destination(io.check_output_path(output or default, force=force, input_path=model))
 
 
-def _save(result: Any, output: Path) -> None:
+def _save(result: Any, destination: _Destination, loading: dict[str, Any]) -> None:
     from normify import io
 
-    io.save_model(result.model, output)
-    result.report.output = str(output)
+    if destination.in_place:
+        backup = io.save_in_place(
+            result.model, destination.path, backup=destination.backup, **loading
+        )
+        result.report.notices.append(
+            f"replaced {destination.path} in place"
+            + (f"; the previous file is {backup}" if backup else " (no backup kept)")
+        )
+    else:
+        io.save_model(result.model, destination.path)
+    result.report.output = str(destination.path)
 
 
 # ------------------------------------------------------------------------------ add
@@ -313,6 +357,8 @@ def add(
     quiet: bool,
     output: Path | None,
     force: bool,
+    in_place: bool,
+    no_backup: bool,
     dry_run: bool,
     as_json: bool,
     unsafe: bool,
@@ -332,7 +378,8 @@ def add(
         report = api.plan(model, rules)
         _print_add_report(report, as_json, dry_run=True)
         return
-    output = _checked_output(model, output, force, "normified")
+    destination = _destination(model, output, force, "normified", in_place, no_backup)
+    loading = _loading(unsafe, custom_object_files)
     result = api.add(
         model,
         dense=dense,
@@ -348,9 +395,9 @@ def add(
         max_samples=max_samples,
         quiet=quiet,
         measure_drift=measure_drift,
-        **_loading(unsafe, custom_object_files),
+        **loading,
     )
-    _save(result, output)
+    _save(result, destination, loading)
     _print_add_report(result.report, as_json, dry_run=False)
 
 
@@ -488,7 +535,8 @@ def _describe(command: str, change: Any) -> str:
 def swap(
     model: Path, from_norm: str, to_norm: str, groups: int | None, allow_mask_loss: bool,
     include: tuple[str, ...], exclude: tuple[str, ...], data: Path | None, batch_size: int,
-    max_samples: int, quiet: bool, output: Path | None, force: bool, dry_run: bool,
+    max_samples: int, quiet: bool, output: Path | None, force: bool, in_place: bool,
+    no_backup: bool, dry_run: bool,
     as_json: bool, unsafe: bool, custom_object_files: tuple[Path, ...],
 ) -> None:  # fmt: skip
     """Replace norm layers of one class by another (--from batchnorm --to layernorm).
@@ -505,13 +553,14 @@ def swap(
         )  # fmt: skip
         _print_rewrite_report(report, as_json, dry_run=True)
         return
-    output = _checked_output(model, output, force, "swapped")
+    destination = _destination(model, output, force, "swapped", in_place, no_backup)
+    loading = _loading(unsafe, custom_object_files)
     result = api.swap(
         model, from_norm=from_norm, to_norm=to_norm, groups=groups, include=include,
         exclude=exclude, data=data, allow_mask_loss=allow_mask_loss, batch_size=batch_size,
-        max_samples=max_samples, quiet=quiet, **_loading(unsafe, custom_object_files),
+        max_samples=max_samples, quiet=quiet, **loading,
     )  # fmt: skip
-    _save(result, output)
+    _save(result, destination, loading)
     _print_rewrite_report(result.report, as_json, dry_run=False)
 
 
@@ -532,7 +581,8 @@ def swap(
 def strip(
     model: Path, kind: str, include: tuple[str, ...], exclude: tuple[str, ...],
     data: Path | None, batch_size: int, max_samples: int, quiet: bool, output: Path | None,
-    force: bool, dry_run: bool, as_json: bool, unsafe: bool,
+    force: bool, in_place: bool, no_backup: bool, dry_run: bool, as_json: bool,
+    unsafe: bool,
     custom_object_files: tuple[Path, ...],
 ) -> None:  # fmt: skip
     """Remove norm layers. A BatchNormalization right after a linear layer is folded into
@@ -543,12 +593,13 @@ def strip(
         report = api.plan_strip(model, kind=kind, include=include, exclude=exclude)
         _print_rewrite_report(report, as_json, dry_run=True)
         return
-    output = _checked_output(model, output, force, "stripped")
+    destination = _destination(model, output, force, "stripped", in_place, no_backup)
+    loading = _loading(unsafe, custom_object_files)
     result = api.strip(
         model, kind=kind, include=include, exclude=exclude, data=data, batch_size=batch_size,
-        max_samples=max_samples, **_loading(unsafe, custom_object_files),
+        max_samples=max_samples, **loading,
     )  # fmt: skip
-    _save(result, output)
+    _save(result, destination, loading)
     _print_rewrite_report(result.report, as_json, dry_run=False)
 
 
@@ -562,7 +613,8 @@ def strip(
 def fold(
     model: Path, include: tuple[str, ...], exclude: tuple[str, ...], data: Path | None,
     batch_size: int, max_samples: int, quiet: bool, output: Path | None, force: bool,
-    dry_run: bool, as_json: bool, unsafe: bool, custom_object_files: tuple[Path, ...],
+    in_place: bool, no_backup: bool, dry_run: bool, as_json: bool, unsafe: bool,
+    custom_object_files: tuple[Path, ...],
 ) -> None:  # fmt: skip
     """Fold every BatchNormalization that directly follows a dense or conv layer into it.
 
@@ -575,12 +627,13 @@ def fold(
         report = api.plan_fold(model, include=include, exclude=exclude)
         _print_rewrite_report(report, as_json, dry_run=True)
         return
-    output = _checked_output(model, output, force, "folded")
+    destination = _destination(model, output, force, "folded", in_place, no_backup)
+    loading = _loading(unsafe, custom_object_files)
     result = api.fold(
         model, include=include, exclude=exclude, data=data, batch_size=batch_size,
-        max_samples=max_samples, **_loading(unsafe, custom_object_files),
+        max_samples=max_samples, **loading,
     )  # fmt: skip
-    _save(result, output)
+    _save(result, destination, loading)
     _print_rewrite_report(result.report, as_json, dry_run=False)
 
 
@@ -594,7 +647,8 @@ def fold(
 def recalibrate(
     model: Path, include: tuple[str, ...], exclude: tuple[str, ...], data: Path,
     batch_size: int, max_samples: int, quiet: bool, output: Path | None, force: bool,
-    dry_run: bool, as_json: bool, unsafe: bool, custom_object_files: tuple[Path, ...],
+    in_place: bool, no_backup: bool, dry_run: bool, as_json: bool, unsafe: bool,
+    custom_object_files: tuple[Path, ...],
 ) -> None:  # fmt: skip
     """Recompute the exact moving statistics of every BatchNormalization over --data.
 
@@ -608,12 +662,13 @@ def recalibrate(
         report = api.plan_recalibrate(model, include=include, exclude=exclude)
         _print_rewrite_report(report, as_json, dry_run=True)
         return
-    output = _checked_output(model, output, force, "recalibrated")
+    destination = _destination(model, output, force, "recalibrated", in_place, no_backup)
+    loading = _loading(unsafe, custom_object_files)
     result = api.recalibrate(
         model, data=data, include=include, exclude=exclude, batch_size=batch_size,
-        max_samples=max_samples, quiet=quiet, **_loading(unsafe, custom_object_files),
+        max_samples=max_samples, quiet=quiet, **loading,
     )  # fmt: skip
-    _save(result, output)
+    _save(result, destination, loading)
     _print_rewrite_report(result.report, as_json, dry_run=False)
 
 

@@ -14,6 +14,7 @@ import inspect
 import json
 import os
 import re
+import shutil
 import sys
 import tempfile
 import warnings
@@ -363,3 +364,58 @@ def save_model(model: Any, output: str | os.PathLike[str]) -> Path:
         warnings.simplefilter("ignore")
         model.save(temporary)
     return output
+
+
+def save_in_place(
+    model: Any,
+    path: str | os.PathLike[str],
+    *,
+    backup: bool = True,
+    safe_mode: bool = True,
+    custom_objects: dict[str, Any] | None = None,
+) -> Path | None:
+    """Replace the model file at `path` with `model`, only once the new file is complete
+    and loads. Keeps the previous file as `<path>.bak` unless `backup` is off.
+
+    Returns the backup's path. On any failure the original file is untouched.
+    """
+    path = Path(path)
+    backup_path = path.with_name(path.name + ".bak") if backup else None
+    folder = path.parent if str(path.parent) else Path(".")
+    handle, temporary = tempfile.mkstemp(
+        prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=folder
+    )
+    os.close(handle)
+    temporary_path = Path(temporary)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model.save(temporary_path)
+        with open(temporary_path, "rb") as written:
+            os.fsync(written.fileno())
+        _check_loads(temporary_path, safe_mode, custom_objects)
+        os.chmod(temporary_path, path.stat().st_mode & 0o777)
+        if backup_path is not None:
+            with atomic_path(backup_path) as backup_temporary:
+                shutil.copy2(path, backup_temporary)
+        os.replace(temporary_path, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            temporary_path.unlink()
+    return backup_path
+
+
+def _check_loads(path: Path, safe_mode: bool, custom_objects: dict[str, Any] | None) -> None:
+    from normify.backend import keras
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            keras().saving.load_model(
+                path, compile=False, safe_mode=safe_mode, custom_objects=custom_objects
+            )
+    except Exception as error:
+        raise OutputError(
+            f"the rewritten model does not load back ({_first_line(error)}); input left as it was",
+            path,
+        ) from None
