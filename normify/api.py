@@ -21,7 +21,7 @@ from normify.audit import AuditReport, audit_graph
 from normify.errors import NormifyError, UnsupportedModelError
 from normify.flow import build_flow
 from normify.passes.add import Insertion, add_norms
-from normify.passes.fold import Kept
+from normify.passes.edit import Kept
 from normify.rules import Decision, Rules, decide
 from normify.verify import VerifyReport, verify
 
@@ -365,8 +365,9 @@ def recalibrate(
     """Recompute the exact moving mean and variance of every selected BatchNormalization
     over `data`, layer after layer, each seeing the recalibrated layers before it."""
     from normify.calibrate import recalibrate_batchnorms
-    from normify.passes.fold import batchnorm_paths, selected
+    from normify.passes.fold import batchnorm_paths
     from normify.rebuild import rebuild
+    from normify.rules import selected
 
     if data is None:
         raise NormifyError("recalibrate needs data (--data)")
@@ -445,7 +446,8 @@ def plan_recalibrate(
 ) -> RewriteReport:
     """Which BatchNormalizations `recalibrate` would update (config only, no backend)."""
     from normify.calibrate import PlannedRecalibration
-    from normify.passes.fold import batchnorm_paths, selected
+    from normify.passes.fold import batchnorm_paths
+    from normify.rules import selected
 
     changes, kept = [], []
     for layer_path in batchnorm_paths(_readable_graph(path)):

@@ -73,16 +73,22 @@ def decide(graph: Graph, flow: Flow, rules: Rules) -> list[Decision]:
     return decisions
 
 
+def selected(path: str, include: tuple[str, ...], exclude: tuple[str, ...]) -> str | None:
+    """None when `--include`/`--exclude` globs select the layer path, else why not."""
+    if include and not any(fnmatchcase(path, pattern) for pattern in include):
+        return "not selected by --include"
+    excluded_by = next((pattern for pattern in exclude if fnmatchcase(path, pattern)), None)
+    return f"excluded by --exclude {excluded_by}" if excluded_by else None
+
+
 def _skip_reason(path: str, sites: list, flow: Flow, rules: Rules) -> str | None:
     spec = sites[0].spec
     norm = rules.norm_for(spec.kind)
     if norm == "none":
         return f"rule for {spec.kind} layers is none"
-    if rules.include and not any(fnmatchcase(path, pattern) for pattern in rules.include):
-        return "not selected by --include"
-    excluded_by = next((p for p in rules.exclude if fnmatchcase(path, p)), None)
-    if excluded_by is not None:
-        return f"excluded by --exclude {excluded_by}"
+    reason = selected(path, rules.include, rules.exclude)
+    if reason is not None:
+        return reason
     findings = [flow.norm_after(site) for site in sites]
     normalized = [finding for finding in findings if finding is not None]
     if normalized and len(normalized) == len(findings):

@@ -3,9 +3,21 @@ and taking them out. Shared by every pass."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from normify.graph import MODIFIED, Graph, Node, TensorRef, all_layer_names, map_leaves, tensor_refs
+
+
+@dataclass(frozen=True)
+class Kept:
+    """A layer a pass left in place, and why."""
+
+    path: str
+    reason: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"path": self.path, "reason": self.reason}
 
 
 class Editor:

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from fnmatch import fnmatchcase
 from typing import Any
 
 from normify import kinds, norms
 from normify.folding import fold_reason, folded_config
 from normify.graph import MODIFIED, FoldedFrom, Graph, LayerSpec, walk_layers
-from normify.passes.edit import Editor, consumers, output_refs, remove_node
+from normify.passes.edit import Editor, Kept, consumers, output_refs, remove_node
+from normify.rules import selected
 
 BATCHNORM_CLASSES = ("BatchNormalization", "SyncBatchNormalization")
 
@@ -34,25 +34,6 @@ class Fold:
 
     def to_json(self) -> dict[str, Any]:
         return {"batchnorm": self.batchnorm, "into": self.into}
-
-
-@dataclass(frozen=True)
-class Kept:
-    """A norm layer left in place, and why."""
-
-    path: str
-    reason: str
-
-    def to_json(self) -> dict[str, Any]:
-        return {"path": self.path, "reason": self.reason}
-
-
-def selected(path: str, include: tuple[str, ...], exclude: tuple[str, ...]) -> str | None:
-    """None when the path is selected, else the reason it is not."""
-    if include and not any(fnmatchcase(path, pattern) for pattern in include):
-        return "not selected by --include"
-    excluded_by = next((pattern for pattern in exclude if fnmatchcase(path, pattern)), None)
-    return f"excluded by --exclude {excluded_by}" if excluded_by else None
 
 
 def batchnorm_paths(graph: Graph) -> list[str]:

@@ -16,8 +16,9 @@ from typing import Any
 
 from normify import kinds
 from normify.graph import MODIFIED, Graph, TensorRef, walk_layers
-from normify.passes.edit import Editor, consumers, output_refs, remove_node
-from normify.passes.fold import BATCHNORM_CLASSES, Fold, Kept, selected, try_fold
+from normify.passes.edit import Editor, Kept, consumers, output_refs, remove_node
+from normify.passes.fold import BATCHNORM_CLASSES, Fold, try_fold
+from normify.rules import selected
 
 STRIP_KINDS = {
     "batchnorm": BATCHNORM_CLASSES,

@@ -15,8 +15,8 @@ from normify import kinds, norms
 from normify.errors import NormifyError
 from normify.flow import Flow
 from normify.graph import INSERTED, Graph, LayerSpec, WeightFrom, walk_layers
-from normify.passes.edit import Editor
-from normify.passes.fold import Kept, selected
+from normify.passes.edit import Editor, Kept
+from normify.rules import selected
 
 SWAPPABLE = ("batchnorm", "layernorm", "groupnorm", "rmsnorm")
 AFFINE_NAMES = {"gamma": "gamma", "beta": "beta"}
