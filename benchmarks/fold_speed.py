@@ -73,9 +73,10 @@ def timed_calls(model, batch: np.ndarray, calls: int) -> float:
 
 
 def count_batchnorms(model) -> int:
-    from normify.calibrate import batchnorm_paths
+    from normify.graph import from_model
+    from normify.passes.fold import batchnorm_paths
 
-    return len(batchnorm_paths(model))
+    return len(batchnorm_paths(from_model(model)))
 
 
 def measure(name: str, repeat: int, calls: int, batch_size: int) -> dict:

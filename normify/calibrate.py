@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 
-from normify import kinds
 from normify.flow import build_flow
 from normify.graph import from_model
 from normify.probe import INPUT, OUTPUT, ChannelMoments, Probe
@@ -275,13 +274,3 @@ def recalibrate_batchnorms(
                 )
             )
     return changes
-
-
-def batchnorm_paths(model: Any) -> list[str]:
-    from normify.graph import walk_layers
-
-    return [
-        path
-        for path, spec, _ in walk_layers(from_model(model))
-        if spec.kind == kinds.NORM and spec.class_name in ("BatchNormalization",)
-    ]
