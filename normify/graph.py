@@ -99,6 +99,14 @@ class Node:
             leaf for leaf in iter_leaves((self.args, self.kwargs)) if isinstance(leaf, TensorRef)
         ]
 
+    @property
+    def data_input(self) -> TensorRef | None:
+        """The single tensor a shape-keeping layer transforms: its only input, leaving out
+        a `mask` passed as a keyword (a mask is not transformed, only carried). None when
+        the call reads several tensors."""
+        data = tensor_refs((self.args, {k: v for k, v in self.kwargs.items() if k != "mask"}))
+        return data[0] if len(data) == 1 else None
+
 
 @dataclass
 class Graph:
@@ -199,14 +207,22 @@ def from_config(model_config: dict[str, Any], source: str | None = None) -> Grap
     """
     try:
         return _graph_from_serialized(model_config, depth=0)
-    except NormifyError:
-        raise
-    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as error:
-        raise NormifyError(
-            f"malformed model config ({type(error).__name__}: {error})", source
-        ) from None
+    except NormifyError as error:
+        if error.path is not None or source is None:
+            raise
+        # The checks below do not know the file; the user needs it named.
+        raise type(error)(str(error), source) from None
     except RecursionError:
         raise NormifyError("malformed model config (nested too deeply)", source) from None
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError) as error:
+        raise NormifyError(
+            f"malformed model config ({type(error).__name__}: {_first_line(error)})", source
+        ) from None
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0][:200]
 
 
 MAX_NESTING = 64

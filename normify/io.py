@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from normify import legacy
 from normify.errors import ModelLoadError, NormifyError, OutputError
 
 KERAS = "keras"
@@ -95,30 +96,71 @@ def read_config(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def _read_keras_config(path: Path) -> dict[str, Any]:
-    try:
-        archive = zipfile.ZipFile(path)
-    except zipfile.BadZipFile:
-        raise ModelLoadError("is truncated or corrupt (not a readable zip archive)", path) from None
-    except OSError as error:
-        raise ModelLoadError(f"cannot be read ({error})", path) from None
+    archive = _open_zip(path)
     with archive:
         names = set(archive.namelist())
         if "config.json" not in names:
             raise ModelLoadError("is a zip archive without config.json (not a .keras model)", path)
-        if not names & {"model.weights.h5", "model.weights.npz"}:
+        weights = [archive.getinfo(name) for name in WEIGHTS_MEMBERS if name in names]
+        if not weights:
             raise ModelLoadError("has no weights (model.weights.h5 is missing)", path)
-        info = archive.getinfo("config.json")
-        if info.file_size > MAX_CONFIG_BYTES or info.file_size > 1000 * max(info.compress_size, 1):
-            raise ModelLoadError(
-                f"config.json declares {info.file_size} bytes; refusing to read it", path
-            )
-        try:
-            raw = archive.read("config.json")
-        except (zipfile.BadZipFile, OSError, EOFError, zipfile.LargeZipFile) as error:
-            raise ModelLoadError(f"config.json cannot be read ({error})", path) from None
-        except Exception as error:  # zlib.error and friends on corrupt members
-            raise ModelLoadError(f"config.json is corrupt ({error})", path) from None
-    return _parse_config_json(raw, path, "config.json")
+        size = path.stat().st_size
+        for info in (archive.getinfo("config.json"), *weights):
+            _check_member_size(info, size, path)
+        raw = _read_member(archive, "config.json", path)
+    config = _parse_config_json(raw, path, "config.json")
+    _check_declared_sizes(config, sum(info.file_size for info in weights), path, "config.json")
+    return config
+
+
+WEIGHTS_MEMBERS = ("model.weights.h5", "model.weights.npz")
+
+# A member declaring more than this, and more than MAX_EXPANSION times what it stores, is
+# a decompression bomb: real weights and configs compress far less (Keras stores them).
+BOMB_FLOOR_BYTES = 64 * 1024 * 1024
+MAX_EXPANSION = 100
+
+
+def _open_zip(path: Path) -> zipfile.ZipFile:
+    try:
+        return zipfile.ZipFile(path)
+    except OSError as error:
+        raise ModelLoadError(f"cannot be read ({error})", path) from None
+    except Exception:  # BadZipFile, and struct/Unicode/Value errors on a mangled directory
+        raise ModelLoadError("is truncated or corrupt (not a readable zip archive)", path) from None
+
+
+def _check_member_size(info: zipfile.ZipInfo, archive_size: int, path: Path) -> None:
+    """Refuse, from the zip directory alone, a member whose declared sizes cannot be true,
+    before anything (normify or Keras) reads it into memory."""
+    name, declared, stored = info.filename, info.file_size, info.compress_size
+    if info.header_offset + 30 + len(info.orig_filename) + stored > archive_size:
+        raise ModelLoadError(
+            f"is truncated or corrupt ({name} declares {stored} stored bytes, past the end "
+            f"of the {archive_size}-byte file)",
+            path,
+        )
+    if info.compress_type == zipfile.ZIP_STORED and declared != stored:
+        raise ModelLoadError(
+            f"is corrupt ({name} declares {declared} bytes but stores {stored})", path
+        )
+    if declared > BOMB_FLOOR_BYTES and declared > MAX_EXPANSION * stored:
+        raise ModelLoadError(
+            f"{name} declares {declared} bytes but stores only {stored}; refusing to read "
+            "a likely decompression bomb",
+            path,
+        )
+    if name == "config.json" and (declared > MAX_CONFIG_BYTES or declared > 1000 * max(stored, 1)):
+        raise ModelLoadError(f"config.json declares {declared} bytes; refusing to read it", path)
+
+
+def _read_member(archive: zipfile.ZipFile, name: str, path: Path) -> bytes:
+    try:
+        return archive.read(name)
+    except (zipfile.BadZipFile, OSError, EOFError, zipfile.LargeZipFile) as error:
+        raise ModelLoadError(f"{name} cannot be read ({_first_line(error)})", path) from None
+    except Exception as error:  # zlib.error, encrypted or unsupported compression, ...
+        raise ModelLoadError(f"{name} is corrupt ({_first_line(error)})", path) from None
 
 
 def _read_h5_config(path: Path) -> dict[str, Any]:
@@ -128,7 +170,7 @@ def _read_h5_config(path: Path) -> dict[str, Any]:
         with h5py.File(path, "r") as handle:
             raw = handle.attrs.get("model_config")
             weights_only = "layer_names" in handle.attrs or "vars" in handle or "layers" in handle
-    except OSError as error:
+    except Exception as error:  # OSError mostly; a mangled file can raise anything
         raise ModelLoadError(f"is not a readable HDF5 file ({_first_line(error)})", path) from None
     if raw is None:
         if weights_only:
@@ -139,7 +181,12 @@ def _read_h5_config(path: Path) -> dict[str, Any]:
         raise ModelLoadError("is an HDF5 file but not a Keras model (no model_config)", path)
     if isinstance(raw, bytes):
         raw = raw.decode("utf-8", errors="replace")
-    return _parse_config_json(raw, path, "model_config")
+    if not isinstance(raw, str):
+        raise ModelLoadError("model_config is not a JSON string", path)
+    config = _parse_config_json(raw, path, "model_config")
+    # the HDF5 file holds the weights beside the config
+    _check_declared_sizes(config, path.stat().st_size, path, "model_config")
+    return config
 
 
 def _parse_config_json(raw: bytes | str, path: Path, what: str) -> dict[str, Any]:
@@ -152,6 +199,127 @@ def _parse_config_json(raw: bytes | str, path: Path, what: str) -> dict[str, Any
     if not isinstance(config.get("config"), dict):
         raise ModelLoadError(f"{what} has no config mapping for the model", path)
     return config
+
+
+# --------------------------------------------------------------- declared sizes in configs
+
+# Building a model allocates every weight its config declares before Keras compares them
+# with the file: a `units` of 10**8 allocates gigabytes and takes minutes. A config can
+# only declare the weights its file holds, so sizes no file of this size can back are
+# refused first. Two weights per byte (int4) is the densest Keras stores; a model saved
+# unbuilt holds no weights, so small sizes always pass.
+MIN_WEIGHT_BUDGET = 2**22  # weights (elements), whatever the file holds
+MIN_DIMENSION_LIMIT = 2**24  # one dimension of a declared shape, whatever the file holds
+SHAPE_KEYS = ("batch_shape", "batch_input_shape", "input_shape", "build_input_shape", "shape")
+
+
+def _check_declared_sizes(
+    config: dict[str, Any], weights_bytes: int, path: Path, what: str
+) -> None:
+    budget = max(2 * weights_bytes, MIN_WEIGHT_BUDGET)
+    for entry in _serialized_objects(config):
+        name = _entry_name(entry)
+        declared, how = _declared_weights(entry)
+        if declared > budget:
+            raise ModelLoadError(
+                f"{what}: layer {name!r} declares {how} (about {declared:.2g} weights) but the "
+                f"file holds {weights_bytes} bytes of weights; refusing to build it",
+                path,
+            )
+        for key, dimension in _declared_dimensions(entry):
+            if dimension > max(budget, MIN_DIMENSION_LIMIT):
+                raise ModelLoadError(
+                    f"{what}: layer {name!r} declares a dimension of {dimension} in {key}, "
+                    f"beyond what a file with {weights_bytes} bytes of weights can use; "
+                    "refusing to build it",
+                    path,
+                )
+
+
+def _serialized_objects(config: Any) -> Iterator[dict[str, Any]]:
+    """Every `{"class_name": ..., "config": {...}}` in the tree: the model, its layers,
+    nested models, wrapped layers and cells (iteratively: a config can be deep)."""
+    stack = [config]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if isinstance(node.get("class_name"), str) and isinstance(node.get("config"), dict):
+                yield node
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+
+
+def _entry_name(entry: dict[str, Any]) -> str:
+    name = entry.get("name") or entry["config"].get("name")
+    return name if isinstance(name, str) else entry["class_name"]
+
+
+def _size(value: Any) -> int | None:
+    """A non-negative whole size, or None for anything else (Keras rejects those itself)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if isinstance(value, float) and not (value == value and abs(value) < float("inf")):
+        return None
+    return int(value) if value >= 0 else None
+
+
+def _sizes(value: Any) -> list[int]:
+    values = value if isinstance(value, list) else [value]
+    return [size for size in map(_size, values) if size is not None]
+
+
+def _product(values: list[int]) -> int:
+    result = 1
+    for value in values:
+        result *= max(value, 1)
+    return result
+
+
+def _declared_weights(entry: dict[str, Any]) -> tuple[int, str]:
+    """A lower bound of the weights one layer allocates when built, from its config: the
+    largest of the sizes its own weights are certain to have, and which setting says so."""
+    config = entry["config"]
+    build = entry.get("build_config")
+    input_shape = build.get("input_shape") if isinstance(build, dict) else None
+    units = _sizes(config.get("units"))
+    # a Dense-like kernel is (input features, units); a built layer records its input
+    features = _sizes(input_shape[-1:]) if units and isinstance(input_shape, list) else []
+    kernel = _product(_sizes(config.get("kernel_size")))
+    candidates = [
+        (_product(units + features) if units else 0, "units"),
+        (_product(_sizes(config.get("filters"))) * kernel, "filters"),
+        (_product(_sizes(config.get("depth_multiplier"))) * kernel, "depth_multiplier"),
+        (_product(_sizes([config.get("input_dim"), config.get("output_dim")])), "input_dim"),
+        (_product(_sizes([config.get("num_heads"), config.get("key_dim")])), "num_heads"),
+    ]
+    declared, key = max(candidates)
+    return declared, f"{key}={config.get(key)!r}"
+
+
+def _declared_dimensions(entry: dict[str, Any]) -> Iterator[tuple[str, int]]:
+    places = [entry["config"], entry.get("build_config")]
+    for place in places:
+        if not isinstance(place, dict):
+            continue
+        for key in SHAPE_KEYS:
+            for dimension in _shape_leaves(place.get(key)):
+                yield key, dimension
+
+
+def _shape_leaves(shape: Any) -> Iterator[int]:
+    """The whole-number dimensions of a shape, or of a nested list or dict of shapes."""
+    stack = [shape]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(node)
+        elif isinstance(node, dict):
+            stack.extend(node.values())
+        else:
+            size = _size(node)
+            if size is not None:
+                yield size
 
 
 # ----------------------------------------------------------------------------- loading
@@ -206,13 +374,20 @@ def load_model(
     safe_mode: bool = True,
     custom_objects: dict[str, Any] | None = None,
 ) -> LoadedModel:
-    """Load a `.keras` or `.h5` model with Keras, turning every failure into one line."""
+    """Load a `.keras` or `.h5` model with Keras, turning every failure into one line.
+
+    A file written by Keras 2 (its keras_version says so, or Keras 3 rejects a config
+    with Keras 2 traits) is loaded through `normify.legacy`: its config is repaired for
+    Keras 3 first, and each repair becomes a notice starting "repaired: ".
+    """
     path = Path(path)
     file_format = detect_format(path)
-    read_config(path)  # checks the archive and config before Keras sees them
+    config = read_config(path)  # checks the archive and config before Keras sees them
     from normify.backend import keras
 
     keras_module = keras()
+    if legacy.is_keras2_version(saved_keras_version(path, file_format)):
+        return _load_keras2(keras_module, path, file_format, config, safe_mode, custom_objects)
     notices: list[str] = []
     try:
         model = _keras_load(keras_module, path, safe_mode, custom_objects, compile=True)
@@ -222,6 +397,11 @@ def load_model(
         message = describe_load_error(error)
         if message is not None:
             raise ModelLoadError(message, path) from None
+        if legacy.looks_like_keras2(config):
+            with contextlib.suppress(NormifyError):  # if not, Keras' own error stands
+                return _load_keras2(
+                    keras_module, path, file_format, config, safe_mode, custom_objects
+                )
         try:
             model = _keras_load(keras_module, path, safe_mode, custom_objects, compile=False)
         except Exception:
@@ -245,6 +425,116 @@ def _keras_load(
         return keras_module.saving.load_model(
             path, custom_objects=custom_objects, compile=compile, safe_mode=safe_mode
         )
+
+
+def saved_keras_version(path: Path, file_format: str) -> str | None:
+    """The Keras version that wrote a model file, where the file records it."""
+    try:
+        if file_format == KERAS:
+            with zipfile.ZipFile(path) as archive:
+                version = json.loads(archive.read("metadata.json")).get("keras_version")
+        else:
+            import h5py
+
+            with h5py.File(path, "r") as handle:
+                version = handle.attrs.get("keras_version")
+    except Exception:  # no or unreadable metadata: not a reason to refuse the file
+        return None
+    if isinstance(version, bytes):
+        version = version.decode("utf-8", errors="replace")
+    return version if isinstance(version, str) else None
+
+
+def _load_keras2(
+    keras_module: Any,
+    path: Path,
+    file_format: str,
+    config: dict[str, Any],
+    safe_mode: bool,
+    custom_objects: dict[str, Any] | None,
+) -> LoadedModel:
+    """Build a Keras 2 model from its repaired config, with the weights of the file."""
+    try:
+        repaired, repairs = legacy.repair_config(config, custom_objects)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = keras_module.saving.deserialize_keras_object(
+                repaired, custom_objects=custom_objects, safe_mode=safe_mode
+            )
+            if not isinstance(model, keras_module.Model):
+                raise ModelLoadError("holds a layer config, not a model", path)
+            _load_keras2_weights(model, path, file_format)
+    except NormifyError:
+        raise
+    except Exception as error:
+        message = describe_load_error(error)
+        raise ModelLoadError(
+            message or f"cannot be loaded as a Keras 2 model: {_first_line(error)}", path
+        ) from None
+    notices = [f"repaired: {line}" for line in repairs]
+    training = _keras2_training_config(path, file_format, config)
+    notices.extend(_compile_keras2(keras_module, model, training, custom_objects))
+    return LoadedModel(model=model, path=path, format=file_format, notices=notices)
+
+
+def _load_keras2_weights(model: Any, path: Path, file_format: str) -> None:
+    if file_format == KERAS:
+        # tf_keras writes model.weights.h5 in the layout Keras 3 reads; Keras reads it
+        # straight from the archive.
+        model.load_weights(str(path))
+        return
+    import h5py
+    from keras.src.legacy.saving.legacy_h5_format import load_weights_from_hdf5_group
+
+    with h5py.File(path, "r") as handle:
+        group = handle["model_weights"] if "model_weights" in handle else handle
+        load_weights_from_hdf5_group(group, model)
+
+
+def _keras2_training_config(path: Path, file_format: str, config: dict[str, Any]) -> Any:
+    """The training config as Keras 2 saved it (None when the model was not compiled)."""
+    if file_format == KERAS:
+        return config.get("compile_config")
+    import h5py
+
+    with h5py.File(path, "r") as handle:
+        raw = handle.attrs.get("training_config")
+    if raw is None:
+        return None
+    if isinstance(raw, bytes):
+        raw = raw.decode("utf-8", errors="replace")
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw  # not a mapping: repair_training_config says so
+
+
+def _compile_keras2(
+    keras_module: Any, model: Any, training: Any, custom_objects: dict[str, Any] | None
+) -> list[str]:
+    """Compile from the translated training config; the notices say how it went."""
+    if not training:
+        return []
+    try:
+        compile_config, lines = legacy.repair_training_config(training, custom_objects)
+    except Exception as error:  # a malformed training config must not stop the load
+        compile_config, lines = None, [f"it is malformed: {_first_line(error)}"]
+    if compile_config is None:
+        return [
+            f"the training configuration could not be translated ({lines[0]}); "
+            "the model was loaded uncompiled"
+        ]
+    scope = keras_module.saving.CustomObjectScope(custom_objects or {})
+    try:
+        with warnings.catch_warnings(), scope:
+            warnings.simplefilter("ignore")
+            model.compile_from_config(compile_config)
+    except Exception as error:
+        return [
+            f"the training configuration could not be restored ({_first_line(error)}); "
+            "the model was loaded uncompiled"
+        ]
+    return [f"repaired: {line}" for line in lines]
 
 
 _UNKNOWN_CLASS = re.compile(

@@ -51,7 +51,8 @@ def channel_axis(class_name: str, config: dict[str, Any]) -> int:
 def misapplies_channels_first_bias(
     class_name: str, config: dict[str, Any], output_shape: tuple[int | None, ...] | None
 ) -> bool:
-    """Whether Keras (3.15, TensorFlow backend) adds this layer's bias on the wrong axis.
+    """Whether Keras (3.15, TensorFlow backend) adds (or may add, for some input sizes)
+    this layer's bias on the wrong axis.
 
     A channels_first convolution adds its bias reshaped to (1, C, 1, ...) with
     `keras.ops.add`, which the TensorFlow backend turns into `tf.nn.bias_add` in NHWC
@@ -59,12 +60,12 @@ def misapplies_channels_first_bias(
     """
     inner_class, _ = kinds.innermost(class_name, config)
     axis = channel_axis(class_name, config)
-    if inner_class not in kinds.CONV_CLASSES or axis < 0 or not output_shape:
+    if inner_class not in kinds.CONV_CLASSES or axis < 0:
         return False
-    if len(output_shape) <= axis + 1:
-        return False
+    if not output_shape or len(output_shape) <= axis + 1:
+        return True  # shape unknown: some input may hit it
     channels, width = output_shape[axis], output_shape[-1]
-    return channels is not None and channels == width
+    return channels is None or width is None or channels == width
 
 
 def largest_group_count(channels: int, limit: int = 32) -> int:

@@ -196,6 +196,7 @@ class _Builder:
 def _assign_folded(original: Any, new: Any, batchnorm: Any) -> None:
     """Give `new` the original layer's weights with the BatchNormalization folded in."""
     from normify.folding import BatchNormParams, fold_batchnorm
+    from normify.passes.fold import negative_axis
 
     weights = {key: v.numpy() for key, v in variables_by_key(original).items()}
     bn_vars = {key: v.numpy() for key, v in variables_by_key(batchnorm).items()}
@@ -205,12 +206,17 @@ def _assign_folded(original: Any, new: Any, batchnorm: Any) -> None:
         moving_mean=bn_vars["moving_mean"],
         moving_variance=bn_vars["moving_variance"],
         epsilon=float(batchnorm.epsilon),
-        axis=batchnorm.axis if isinstance(batchnorm.axis, int) else batchnorm.axis[0],
+        axis=negative_axis(batchnorm.axis, _output_shape(original)),
     )
     folded = fold_batchnorm(type(original).__name__, original.get_config(), weights, params)
     targets = variables_by_key(new)
     for key, value in folded.items():
         targets[key].assign(value)
+
+
+def _output_shape(layer: Any) -> tuple[int | None, ...] | None:
+    nodes = getattr(layer, "_inbound_nodes", None)
+    return tuple(nodes[0].output_tensors[0].shape) if nodes else None
 
 
 def _from_config(cls: Any, config: dict[str, Any]) -> Any:

@@ -191,9 +191,10 @@ def _insert(
         spec.class_name, spec.config, first_output
     ):
         note = (
-            "Keras adds this channels_first layer's bias on the wrong axis (its output width "
-            "equals its channel count); as the BatchNormalization's beta the bias is applied "
-            "correctly, so predictions change"
+            "Keras adds this channels_first layer's bias on the wrong axis when its output "
+            "width equals its channel count (as here, or possibly: the width is not fixed); as "
+            "the BatchNormalization's beta the bias is applied correctly, so predictions "
+            "change for such inputs"
         )
     if renamed is not None:
         renamed = _keep_output_name(graph, renamed[0], renamed[1], editor)

@@ -88,7 +88,8 @@ def remove_node(graph: Graph, node_id: str) -> None:
     """Take a single-input, shape-keeping node out: its consumers read its input instead.
     The layer goes too once none of its calls remain."""
     node = graph.nodes[node_id]
-    [source] = node.inputs
+    source = node.data_input
+    assert source is not None, f"{node_id} does not read exactly one tensor"
     _redirect(graph, TensorRef(node_id, 0), source, skip={node_id})
     del graph.nodes[node_id]
     if not graph.nodes_of(node.layer):

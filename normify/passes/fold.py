@@ -36,6 +36,15 @@ class Fold:
         return {"batchnorm": self.batchnorm, "into": self.into}
 
 
+def negative_axis(axis: Any, shape: tuple[int | None, ...] | None) -> Any:
+    """A BatchNormalization axis counted from the end when the rank is known, so `axis=1`
+    on a Dense's 2-D output is recognized as its channel axis (-1)."""
+    single = axis[0] if isinstance(axis, (list, tuple)) and len(axis) == 1 else axis
+    if isinstance(single, int) and single >= 0 and shape:
+        return single - len(shape)
+    return axis
+
+
 def batchnorm_paths(graph: Graph) -> list[str]:
     return [
         path
@@ -94,9 +103,9 @@ def _foldable_producer(graph: Graph, name: str, is_top: bool) -> LayerSpec | str
     if batchnorm.config.get("renorm"):
         return "uses batch renormalization"
     calls = graph.nodes_of(name)
-    if any(len(node.inputs) != 1 for node in calls):
+    sources = [node.data_input for node in calls]
+    if any(source is None for source in sources):
         return "has more than one input"
-    sources = [node.inputs[0] for node in calls]
     producer_layers = {graph.nodes[source.node].layer for source in sources}
     if len(producer_layers) != 1:
         return f"shared: its {len(calls)} calls follow different layers"
@@ -120,12 +129,14 @@ def _foldable_producer(graph: Graph, name: str, is_top: bool) -> LayerSpec | str
     call_ids = {node.id for node in calls}
     if is_top and any(ref.node in call_ids for ref in outputs):
         return "its output is a model output (removing it would rename the output)"
-    reason = fold_reason(producer.class_name, producer.config, batchnorm.config.get("axis", -1))
+    axis = negative_axis(batchnorm.config.get("axis", -1), graph.shapes.get(sources[0]))
+    reason = fold_reason(producer.class_name, producer.config, axis)
     if reason is None and norms.misapplies_channels_first_bias(
         producer.class_name, producer.config, graph.shapes.get(sources[0])
     ):
         reason = (
-            f"{producer.name} is channels_first with output width equal to its channel count: "
-            "Keras would add a folded bias on the wrong axis"
+            f"{producer.name} is channels_first with an output width that equals (or, being "
+            "unknown, may equal) its channel count: Keras would add a folded bias on the "
+            "wrong axis"
         )
     return producer if reason is None else reason

@@ -102,9 +102,10 @@ def _remove(editor: Editor, path: str) -> tuple[str | None, list[str]]:
     call_ids = {node.id for node in calls}
     if graph is editor.root and any(ref.node in call_ids for ref in output_refs(graph)):
         return "its output is a model output (removing it would rename the output)", []
-    if any(len(node.inputs) != 1 for node in calls):
+    sources = [node.data_input for node in calls]
+    if any(source is None for source in sources):
         return "has more than one input", []
-    producers = {graph.nodes[node.inputs[0].node].layer for node in calls}
+    producers = {graph.nodes[source.node].layer for source in sources if source is not None}
     for node in calls:
         remove_node(graph, node.id)
     prefix = f"{owner_path}/" if owner_path else ""
