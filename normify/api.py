@@ -270,16 +270,21 @@ def swap(
     from normify.passes.swap import swap_norms
 
     source = _open(model_or_path, safe_mode, custom_objects)
-    new_graph, swaps, kept, notices = swap_norms(
-        source.graph,
-        build_flow(source.graph),
-        from_norm,
-        to_norm,
-        groups=groups,
-        include=tuple(include),
-        exclude=tuple(exclude),
-        allow_mask_loss=allow_mask_loss,
-    )
+    try:
+        new_graph, swaps, kept, notices = swap_norms(
+            source.graph,
+            build_flow(source.graph),
+            from_norm,
+            to_norm,
+            groups=groups,
+            include=tuple(include),
+            exclude=tuple(exclude),
+            allow_mask_loss=allow_mask_loss,
+        )
+    except NormifyError as error:
+        if error.path is not None:
+            raise
+        raise NormifyError(str(error), source.name) from None
     model = _rebuild(source, new_graph, changed=bool(swaps))
     report = RewriteReport("swap", source.name, swaps, kept, notices=source.notices + notices)
     calibration = _calibration_data(

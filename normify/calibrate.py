@@ -16,7 +16,7 @@ import numpy as np
 
 from normify.flow import build_flow
 from normify.graph import from_model
-from normify.probe import INPUT, OUTPUT, ChannelMoments, Probe
+from normify.probe import INPUT, OUTPUT, ChannelMoments, Probe, channel_rows
 
 BATCHNORM = "BatchNormalization"
 
@@ -59,9 +59,8 @@ class _AffineFit:
     count: float = 0.0
     sums: dict[str, np.ndarray] | None = None
 
-    def update(self, n: np.ndarray, x: np.ndarray) -> None:
-        n2 = np.moveaxis(np.asarray(n, np.float64), self.axis, -1).reshape(-1, n.shape[self.axis])
-        x2 = np.moveaxis(np.asarray(x, np.float64), self.axis, -1).reshape(-1, x.shape[self.axis])
+    def update(self, n: np.ndarray, x: np.ndarray, mask: np.ndarray | None = None) -> None:
+        n2, x2 = channel_rows(n, self.axis, mask), channel_rows(x, self.axis, mask)
         batch = {"n": n2.sum(0), "x": x2.sum(0), "nn": (n2 * n2).sum(0), "nx": (n2 * x2).sum(0)}
         if self.sums is None:
             self.sums = batch
@@ -129,13 +128,13 @@ def initialize_from_data(
             for p in needs_output
         }
         for batch in batches():
-            inputs = probe_inputs(batch)
+            inputs = probe_inputs.with_masks(batch)
             outputs = probe_outputs(batch) if probe_outputs else {}
             for path in level:
-                for call, values in enumerate(inputs[path]):
-                    moments[path].update(values)
+                for call, (values, mask) in enumerate(inputs[path]):
+                    moments[path].update(values, mask)
                     if path in fits:
-                        fits[path].update(outputs[path][call], values)
+                        fits[path].update(outputs[path][call], values, mask)
         for path, layer in layers.items():
             notes[path] = _set_from_statistics(layer, mode, moments[path], fits.get(path))
     return notes
@@ -197,10 +196,10 @@ def fit_replacements(
             for p, layer in layers.items()
         }
         for batch in batches():
-            normalized, targets = probe_new(batch), probe_old(batch)
+            normalized, targets = probe_new.with_masks(batch), probe_old(batch)
             for path in level:
-                for n, y in zip(normalized[path], targets[path], strict=True):
-                    fits[path].update(n, y)
+                for (n, mask), y in zip(normalized[path], targets[path], strict=True):
+                    fits[path].update(n, y, mask)
         for path, layer in layers.items():
             gain, offset = fits[path].solve()
             scale_name = "scale" if _value(layer, "scale") is not None else "gamma"
@@ -255,9 +254,9 @@ def recalibrate_batchnorms(
         probe = Probe(model, {path: INPUT for path in level})
         moments = {path: ChannelMoments(_channel_axis(layers[path])) for path in level}
         for batch in batches():
-            for path, values_list in probe(batch).items():
-                for values in values_list:
-                    moments[path].update(values)
+            for path, pairs in probe.with_masks(batch).items():
+                for values, mask in pairs:
+                    moments[path].update(values, mask)
         for path, layer in layers.items():
             old_mean = _value(layer, "moving_mean")
             old_variance = _value(layer, "moving_variance")

@@ -12,6 +12,7 @@ import contextlib
 import importlib.util
 import inspect
 import json
+import math
 import os
 import re
 import shutil
@@ -222,8 +223,9 @@ def _check_declared_sizes(
         declared, how = _declared_weights(entry)
         if declared > budget:
             raise ModelLoadError(
-                f"{what}: layer {name!r} declares {how} (about {declared:.2g} weights) but the "
-                f"file holds {weights_bytes} bytes of weights; refusing to build it",
+                f"{what}: layer {name!r} declares {how} ({_approximately(declared)} "
+                f"weights) but the file holds {weights_bytes} bytes of weights; refusing to "
+                "build it",
                 path,
             )
         for key, dimension in _declared_dimensions(entry):
@@ -234,6 +236,11 @@ def _check_declared_sizes(
                     "refusing to build it",
                     path,
                 )
+
+
+def _approximately(count: int) -> str:
+    # float() overflows past 1e308, and configs can multiply huge numbers together
+    return f"about {float(count):.2g}" if count < 10**300 else f"over 10^{int(math.log10(count))}"
 
 
 def _serialized_objects(config: Any) -> Iterator[dict[str, Any]]:
@@ -385,45 +392,71 @@ def load_model(
     config = read_config(path)  # checks the archive and config before Keras sees them
     from normify.backend import keras
 
-    keras_module = keras()
+    request = _LoadRequest(keras(), path, file_format, config, safe_mode, custom_objects)
     if legacy.is_keras2_version(saved_keras_version(path, file_format)):
-        return _load_keras2(keras_module, path, file_format, config, safe_mode, custom_objects)
+        return _load_keras2_file(request)
+    return _load_keras3_file(request)
+
+
+@dataclass
+class _LoadRequest:
+    keras: Any
+    path: Path
+    format: str
+    config: dict[str, Any]
+    safe_mode: bool
+    custom_objects: dict[str, Any] | None
+
+
+def _load_keras3_file(request: _LoadRequest) -> LoadedModel:
+    path = request.path
     notices: list[str] = []
     try:
-        model = _keras_load(keras_module, path, safe_mode, custom_objects, compile=True)
+        model = _keras_load(request, compile=True)
     except ModelLoadError:
         raise
     except Exception as error:
         message = describe_load_error(error)
         if message is not None:
             raise ModelLoadError(message, path) from None
-        if legacy.looks_like_keras2(config):
+        if legacy.looks_like_keras2(request.config):
             with contextlib.suppress(NormifyError):  # if not, Keras' own error stands
-                return _load_keras2(
-                    keras_module, path, file_format, config, safe_mode, custom_objects
-                )
+                return _load_keras2(request)
         try:
-            model = _keras_load(keras_module, path, safe_mode, custom_objects, compile=False)
+            model = _keras_load(request, compile=False)
         except Exception:
             raise ModelLoadError(f"cannot be loaded: {_first_line(error)}", path) from None
         notices.append(
             f"the training configuration could not be restored ({_first_line(error)}); "
             "the model was loaded uncompiled"
         )
-    return LoadedModel(model=model, path=path, format=file_format, notices=notices)
+    return LoadedModel(model=model, path=path, format=request.format, notices=notices)
 
 
-def _keras_load(
-    keras_module: Any,
-    path: Path,
-    safe_mode: bool,
-    custom_objects: dict[str, Any] | None,
-    compile: bool,
-) -> Any:
+def _load_keras2_file(request: _LoadRequest) -> LoadedModel:
+    """Repair first. Should that fail, Keras 3's own reader (which patches a few Keras 2
+    configs itself) gets its chance before the repair's error is reported."""
+    try:
+        return _load_keras2(request)
+    except ModelLoadError as error:
+        repair_error = error
+    try:
+        model = _keras_load(request, compile=True)
+    except Exception:
+        raise repair_error from None
+    reason = str(repair_error).removeprefix(f"{repair_error.path}: ")
+    notice = f"Keras 3 loaded this Keras 2 file unrepaired; the repair failed: {reason}"
+    return LoadedModel(model=model, path=request.path, format=request.format, notices=[notice])
+
+
+def _keras_load(request: _LoadRequest, compile: bool) -> Any:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return keras_module.saving.load_model(
-            path, custom_objects=custom_objects, compile=compile, safe_mode=safe_mode
+        return request.keras.saving.load_model(
+            request.path,
+            custom_objects=request.custom_objects,
+            compile=compile,
+            safe_mode=request.safe_mode,
         )
 
 
@@ -445,25 +478,19 @@ def saved_keras_version(path: Path, file_format: str) -> str | None:
     return version if isinstance(version, str) else None
 
 
-def _load_keras2(
-    keras_module: Any,
-    path: Path,
-    file_format: str,
-    config: dict[str, Any],
-    safe_mode: bool,
-    custom_objects: dict[str, Any] | None,
-) -> LoadedModel:
+def _load_keras2(request: _LoadRequest) -> LoadedModel:
     """Build a Keras 2 model from its repaired config, with the weights of the file."""
+    keras_module, path = request.keras, request.path
     try:
-        repaired, repairs = legacy.repair_config(config, custom_objects)
+        repaired, repairs = legacy.repair_config(request.config, request.custom_objects)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             model = keras_module.saving.deserialize_keras_object(
-                repaired, custom_objects=custom_objects, safe_mode=safe_mode
+                repaired, custom_objects=request.custom_objects, safe_mode=request.safe_mode
             )
             if not isinstance(model, keras_module.Model):
                 raise ModelLoadError("holds a layer config, not a model", path)
-            _load_keras2_weights(model, path, file_format)
+            _load_keras2_weights(model, path, request.format)
     except NormifyError:
         raise
     except Exception as error:
@@ -472,9 +499,9 @@ def _load_keras2(
             message or f"cannot be loaded as a Keras 2 model: {_first_line(error)}", path
         ) from None
     notices = [f"repaired: {line}" for line in repairs]
-    training = _keras2_training_config(path, file_format, config)
-    notices.extend(_compile_keras2(keras_module, model, training, custom_objects))
-    return LoadedModel(model=model, path=path, format=file_format, notices=notices)
+    training = _keras2_training_config(path, request.format, request.config)
+    notices.extend(_compile_keras2(keras_module, model, training, request.custom_objects))
+    return LoadedModel(model=model, path=path, format=request.format, notices=notices)
 
 
 def _load_keras2_weights(model: Any, path: Path, file_format: str) -> None:

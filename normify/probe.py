@@ -52,9 +52,14 @@ class Probe:
             name = getattr(node.operation, "name", None)
             if name in local_requests:
                 side = local_requests[name]
-                tensors = node.input_tensors if side == INPUT else node.output_tensors
-                outputs.append(tensors[0])
-                order.append(("local", name))
+                tensor = (node.input_tensors if side == INPUT else node.output_tensors)[0]
+                # Keras attaches the mask of a symbolic tensor as `_keras_mask`; statistics
+                # over masked steps must leave the padding out, as Keras' own layers do.
+                mask = getattr(tensor, "_keras_mask", None)
+                outputs.append(tensor)
+                if mask is not None:
+                    outputs.append(mask)
+                order.append(("local", (name, mask is not None)))
                 found.add(name)
             if name in nested_requests and node.input_tensors:
                 sub_probe = Probe(node.operation, nested_requests[name])
@@ -68,7 +73,16 @@ class Probe:
         return _Level(probe_model, order)
 
     def __call__(self, batch: list[np.ndarray]) -> dict[str, list[np.ndarray]]:
-        found: dict[str, list[np.ndarray]] = defaultdict(list)
+        """Path -> one array per call of the layer."""
+        return {
+            path: [values for values, _ in pairs] for path, pairs in self.with_masks(batch).items()
+        }
+
+    def with_masks(
+        self, batch: list[np.ndarray]
+    ) -> dict[str, list[tuple[np.ndarray, np.ndarray | None]]]:
+        """Path -> (array, mask or None) per call of the layer."""
+        found: dict[str, list[tuple[np.ndarray, np.ndarray | None]]] = defaultdict(list)
         if self.level.model is None:
             return found
         values = self.level.model(list(batch), training=False)
@@ -77,15 +91,29 @@ class Probe:
         position = 0
         for kind, item in self.level.order:
             if kind == "local":
-                found[item].append(arrays[position])
-                position += 1
+                name, has_mask = item
+                mask = arrays[position + 1] if has_mask else None
+                found[name].append((arrays[position], mask))
+                position += 2 if has_mask else 1
                 continue
             sub_probe, count = item
             prefix = sub_probe.model.name + "/"
-            for path, inner_values in sub_probe(arrays[position : position + count]).items():
-                found[prefix + path].extend(inner_values)
+            inner = sub_probe.with_masks(arrays[position : position + count])
+            for path, pairs in inner.items():
+                found[prefix + path].extend(pairs)
             position += count
         return found
+
+
+def channel_rows(values: np.ndarray, axis: int, mask: np.ndarray | None = None) -> np.ndarray:
+    """The values as (positions, channels) in float64, leaving out masked positions (a
+    mask covers the leading dimensions, e.g. batch and time)."""
+    moved = np.moveaxis(np.asarray(values, dtype=np.float64), axis, -1)
+    if mask is not None:
+        mask = np.asarray(mask, dtype=bool)
+        if mask.shape == moved.shape[: mask.ndim]:
+            moved = moved[mask]
+    return moved.reshape(-1, moved.shape[-1])
 
 
 class ChannelMoments:
@@ -98,9 +126,8 @@ class ChannelMoments:
         self.mean: np.ndarray | None = None
         self.squared_deviations: np.ndarray | None = None
 
-    def update(self, values: np.ndarray) -> None:
-        values = np.moveaxis(np.asarray(values, dtype=np.float64), self.axis, -1)
-        flat = values.reshape(-1, values.shape[-1])
+    def update(self, values: np.ndarray, mask: np.ndarray | None = None) -> None:
+        flat = channel_rows(values, self.axis, mask)
         count = flat.shape[0]
         if count == 0:
             return

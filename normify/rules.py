@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
-from normify import kinds
+from normify import kinds, norms
 from normify.errors import NormifyError
 from normify.flow import Flow
 from normify.graph import Graph, opaque_parts
@@ -102,6 +102,11 @@ def _skip_reason(path: str, sites: list, flow: Flow, rules: Rules) -> str | None
         flow.consumers.get((site.key, 0)) or (site.key, 0) in flow.outputs for site in sites
     ):
         return "its main output is unused (only its states are consumed)"
+    if norm == "rmsnorm" and norms.channel_axis(spec.class_name, spec.config) != -1:
+        return (
+            "RMSNormalization (Keras) normalizes only the last axis, and this layer's "
+            "channels are not last (channels_first)"
+        )
     if _is_quantized(spec.config):
         return "quantized layer: normify does not rewrite quantized layers"
     return None

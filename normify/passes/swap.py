@@ -105,15 +105,21 @@ def _replace(
         if len(axis) != 1:
             return f"normalizes over several axes {list(axis)}; swap needs one channel axis"
         axis = axis[0]
-    channels = _channels(old, axis)
+    shape = _input_shape(graph, name)
+    if target == "rmsnorm" and not _is_last_axis(axis, shape):
+        return (
+            f"RMSNormalization (Keras) normalizes only the last axis; this layer "
+            f"normalizes axis {axis}"
+        )
+    channels = shape[axis] if shape and -len(shape) <= axis < len(shape) else None
     _, config = norms.norm_config(target, name, axis, old.config.get("dtype"))
     if "epsilon" in config and "epsilon" in old.config:
         config["epsilon"] = old.config["epsilon"]
     if target == "groupnorm":
-        if channels is None:
-            return "channel count unknown; cannot choose GroupNormalization groups"
+        if channels is None and groups is None:
+            return "channel count unknown; pass --groups to choose GroupNormalization groups"
         chosen = groups or norms.largest_group_count(channels)
-        if channels % chosen:
+        if channels is not None and channels % chosen:
             return f"{channels} channels cannot be split into {chosen} groups"
         config["groups"] = chosen
     init: dict[str, Any] = {}
@@ -137,9 +143,11 @@ def _replace(
     return Replacement(path, old.class_name, to_class, tuple(carried), config.get("groups"))
 
 
-def _channels(spec: LayerSpec, axis: int) -> int | None:
-    layer = spec.obj
-    if layer is None or not getattr(layer, "_inbound_nodes", None):
-        return None
-    size = layer._inbound_nodes[0].input_tensors[0].shape[axis]
-    return int(size) if size is not None else None
+def _input_shape(graph: Graph, name: str) -> tuple[int | None, ...] | None:
+    """The static shape of the tensor the norm layer normalizes (batch included)."""
+    source = graph.nodes_of(name)[0].data_input
+    return graph.shapes.get(source) if source is not None else None
+
+
+def _is_last_axis(axis: int, shape: tuple[int | None, ...] | None) -> bool:
+    return axis == -1 or (shape is not None and axis == len(shape) - 1)
