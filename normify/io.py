@@ -207,9 +207,11 @@ def _parse_config_json(raw: bytes | str, path: Path, what: str) -> dict[str, Any
 # Building a model allocates every weight its config declares before Keras compares them
 # with the file: a `units` of 10**8 allocates gigabytes and takes minutes. A config can
 # only declare the weights its file holds, so sizes no file of this size can back are
-# refused first. Two weights per byte (int4) is the densest Keras stores; a model saved
-# unbuilt holds no weights, so small sizes always pass.
-MIN_WEIGHT_BUDGET = 2**22  # weights (elements), whatever the file holds
+# refused first. Two weights per byte (int4) is the densest Keras stores. A model saved
+# unbuilt holds no weights, so sizes up to the floors always pass (a 2**24-weight layer
+# allocates 64 MiB: harmless), and custom layers, whose settings normify cannot read,
+# are left to their own code.
+MIN_WEIGHT_BUDGET = 2**24  # weights (elements) of one layer, whatever the file holds
 MIN_DIMENSION_LIMIT = 2**24  # one dimension of a declared shape, whatever the file holds
 SHAPE_KEYS = ("batch_shape", "batch_input_shape", "input_shape", "build_input_shape", "shape")
 
@@ -220,7 +222,7 @@ def _check_declared_sizes(
     budget = max(2 * weights_bytes, MIN_WEIGHT_BUDGET)
     for entry in _serialized_objects(config):
         name = _entry_name(entry)
-        declared, how = _declared_weights(entry)
+        declared, how = _declared_weights(entry) if _is_builtin(entry) else (0, "")
         if declared > budget:
             raise ModelLoadError(
                 f"{what}: layer {name!r} declares {how} ({_approximately(declared)} "
@@ -283,6 +285,12 @@ def _product(values: list[int]) -> int:
     return result
 
 
+def _is_builtin(entry: dict[str, Any]) -> bool:
+    module = entry.get("module")
+    # Keras 2 configs (legacy .h5) name no module; their custom layers fail to load anyway
+    return module is None or module == "keras" or str(module).startswith("keras.")
+
+
 def _declared_weights(entry: dict[str, Any]) -> tuple[int, str]:
     """A lower bound of the weights one layer allocates when built, from its config: the
     largest of the sizes its own weights are certain to have, and which setting says so."""
@@ -293,9 +301,11 @@ def _declared_weights(entry: dict[str, Any]) -> tuple[int, str]:
     # a Dense-like kernel is (input features, units); a built layer records its input
     features = _sizes(input_shape[-1:]) if units and isinstance(input_shape, list) else []
     kernel = _product(_sizes(config.get("kernel_size")))
+    # a separable layer's filters size its pointwise (1x1) kernel only
+    filters_kernel = 1 if "Separable" in entry["class_name"] else kernel
     candidates = [
         (_product(units + features) if units else 0, "units"),
-        (_product(_sizes(config.get("filters"))) * kernel, "filters"),
+        (_product(_sizes(config.get("filters"))) * filters_kernel, "filters"),
         (_product(_sizes(config.get("depth_multiplier"))) * kernel, "depth_multiplier"),
         (_product(_sizes([config.get("input_dim"), config.get("output_dim")])), "input_dim"),
         (_product(_sizes([config.get("num_heads"), config.get("key_dim")])), "num_heads"),

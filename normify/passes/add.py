@@ -35,7 +35,7 @@ from normify.graph import (
     map_leaves,
     node_id,
 )
-from normify.passes.edit import Editor, consumers, output_refs, splice
+from normify.passes.edit import Editor, output_refs
 from normify.rules import Decision, Rules
 
 
@@ -94,7 +94,7 @@ def add_norms(
                 prefix=owner_path,
             )
         )
-    return editor.root, insertions
+    return editor.finish(), insertions
 
 
 def _insert(
@@ -114,7 +114,7 @@ def _insert(
     split = linear_kind and rules.position == "pre" and own_activation
     after_activation_layer = (
         linear_kind and rules.position == "post" and not own_activation
-        and _activation_consumers(graph, layer_name) is not None
+        and _activation_consumers(graph, layer_name, editor) is not None
     )  # fmt: skip
     direct_after_linear = (
         linear_kind and not after_activation_layer and (split or not own_activation)
@@ -168,9 +168,9 @@ def _insert(
     renamed = None
     replaced_layer = layer_name
     activation_consumers = (
-        _activation_consumers(graph, layer_name) if after_activation_layer else None
+        _activation_consumers(graph, layer_name, editor) if after_activation_layer else None
     )
-    for call_index, node in enumerate(graph.nodes_of(layer_name)):
+    for call_index, node in enumerate(editor.calls(graph, layer_name)):
         source = TensorRef(node.id, 0)
         if activation_consumers is not None:
             source = TensorRef(activation_consumers[call_index].id, 0)
@@ -182,11 +182,11 @@ def _insert(
             previous = TensorRef(new_node.id, 0)
         if is_top and source in output_refs(graph):
             renamed = renamed or (source.node, previous.node)
-        splice(graph, source, chain, previous)
+        editor.splice(graph, source, chain, previous)
 
     chain_end = new_specs[-1].name
     note = None
-    first_output = graph.shapes.get(TensorRef(graph.nodes_of(layer_name)[0].id, 0))
+    first_output = graph.shapes.get(TensorRef(editor.calls(graph, layer_name)[0].id, 0))
     if bias_moved and norms.misapplies_channels_first_bias(
         spec.class_name, spec.config, first_output
     ):
@@ -219,12 +219,12 @@ def _insert(
     )
 
 
-def _activation_consumers(graph: Graph, layer_name: str) -> list[Node] | None:
+def _activation_consumers(graph: Graph, layer_name: str, editor: Editor) -> list[Node] | None:
     """For each call of the layer, its only consumer if that is an activation layer."""
     found = []
-    for node in graph.nodes_of(layer_name):
+    for node in editor.calls(graph, layer_name):
         source = TensorRef(node.id, 0)
-        readers = consumers(graph, source)
+        readers = editor.readers(graph, source)
         if source in output_refs(graph) or len(readers) != 1:
             return None
         reader_spec = graph.layers[readers[0].layer]
@@ -240,6 +240,7 @@ def _keep_output_name(graph: Graph, producer: str, last: str, editor: Editor) ->
     The layer that produced the output is renamed `<name>_core`, and the last inserted
     layer takes its name, so `compile(loss={name: ...})` keeps working.
     """
+    editor.settle(graph)
     producer_layer = graph.nodes[producer].layer
     last_layer = graph.nodes[last].layer
     core_name = editor.unique(f"{producer_layer}_core")

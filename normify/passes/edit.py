@@ -21,12 +21,86 @@ class Kept:
 
 
 class Editor:
-    """Edits a copy of a graph; nested graphs are copied the first time they are touched."""
+    """Edits a copy of a graph; nested graphs are copied the first time they are touched.
+
+    For passes that splice many chains in (`add` on a model of thousands of layers), the
+    editor keeps per-graph indexes of calls and readers and puts spliced nodes in order
+    once, in `finish()`, so each splice costs what it touches, not the whole graph.
+    """
 
     def __init__(self, graph: Graph) -> None:
         self.root = graph.copy()
         self.taken = all_layer_names(graph)
         self._copied: set[str] = {""}
+        self._calls: dict[int, dict[str, list[Node]]] = {}
+        self._readers: dict[int, dict[TensorRef, list[str]]] = {}
+        self._after: dict[int, dict[str, list[Node]]] = {}
+        self._graphs: dict[int, Graph] = {}
+
+    def calls(self, graph: Graph, layer: str) -> list[Node]:
+        """The calls of `layer` in `graph` (indexed)."""
+        index = self._calls.get(id(graph))
+        if index is None:
+            index = {}
+            for node in graph.nodes.values():
+                index.setdefault(node.layer, []).append(node)
+            self._calls[id(graph)] = index
+            self._graphs[id(graph)] = graph
+        return index.get(layer, [])
+
+    def readers(self, graph: Graph, ref: TensorRef) -> list[Node]:
+        """The nodes that read `ref` (indexed)."""
+        index = self._readers.get(id(graph))
+        if index is None:
+            index = {}
+            for node in graph.nodes.values():
+                for source in dict.fromkeys(node.inputs):
+                    index.setdefault(source, []).append(node.id)
+            self._readers[id(graph)] = index
+            self._graphs[id(graph)] = graph
+        return [graph.nodes[node_id] for node_id in index.get(ref, [])]
+
+    def splice(self, graph: Graph, source: TensorRef, chain: list[Node], last: TensorRef) -> None:
+        """Insert `chain` after `source`'s node and make every reader of `source` read
+        `last`, in time proportional to those readers; `finish()` puts nodes in order."""
+        readers = self.readers(graph, source)
+        swap = _swapper(source, last)
+        for reader in readers:
+            reader.args = map_leaves(swap, reader.args)
+            reader.kwargs = map_leaves(swap, reader.kwargs)
+        graph.outputs = map_leaves(swap, graph.outputs)
+        index = self._readers[id(graph)]
+        index[last] = [reader.id for reader in readers]
+        index[source] = [chain[0].id]
+        for node, following in zip(chain, chain[1:], strict=False):
+            index[TensorRef(node.id, 0)] = [following.id]
+        calls = self._calls.get(id(graph))
+        for node in chain:
+            graph.nodes[node.id] = node
+            if calls is not None:
+                calls.setdefault(node.layer, []).append(node)
+        self._after.setdefault(id(graph), {}).setdefault(source.node, []).extend(chain)
+        self._graphs[id(graph)] = graph
+
+    def finish(self) -> Graph:
+        """Put every spliced chain right after the node it follows; the edited root."""
+        for key in list(self._after):
+            self.settle(self._graphs[key])
+        return self.root
+
+    def settle(self, graph: Graph) -> None:
+        """Order `graph`'s spliced nodes now and drop its indexes, before an edit that
+        renames nodes (the indexes are keyed by node id)."""
+        after = self._after.pop(id(graph), {})
+        if after:
+            spliced = {node.id for chain in after.values() for node in chain}
+            ordered: dict[str, Node] = {}
+            for node in graph.nodes.values():
+                if node.id not in spliced:
+                    _place(node, after, ordered)
+            graph.nodes = ordered
+        self._calls.pop(id(graph), None)
+        self._readers.pop(id(graph), None)
 
     def graph_at(self, owner_path: str) -> Graph:
         """The editable graph that owns layers under `owner_path` (`""` is the model)."""
@@ -52,6 +126,12 @@ class Editor:
         return name
 
 
+def _place(node: Node, after: dict[str, list[Node]], ordered: dict[str, Node]) -> None:
+    ordered[node.id] = node
+    for follower in after.get(node.id, []):
+        _place(follower, after, ordered)
+
+
 def output_refs(graph: Graph) -> list[TensorRef]:
     return tensor_refs(graph.outputs)
 
@@ -60,28 +140,21 @@ def consumers(graph: Graph, ref: TensorRef) -> list[Node]:
     return [node for node in graph.nodes.values() if ref in node.inputs]
 
 
-def _redirect(graph: Graph, old: TensorRef, new: TensorRef, skip: set[str]) -> None:
+def _swapper(old: TensorRef, new: TensorRef) -> Any:
     def swap(value: Any) -> Any:
         return new if value == old else value
+
+    return swap
+
+
+def _redirect(graph: Graph, old: TensorRef, new: TensorRef, skip: set[str]) -> None:
+    swap = _swapper(old, new)
 
     for node in graph.nodes.values():
         if node.id not in skip and old in node.inputs:
             node.args = map_leaves(swap, node.args)
             node.kwargs = map_leaves(swap, node.kwargs)
     graph.outputs = map_leaves(swap, graph.outputs)
-
-
-def splice(graph: Graph, source: TensorRef, chain: list[Node], last: TensorRef) -> None:
-    """Insert `chain` after `source`'s node and make every consumer of `source` read `last`."""
-    chain_ids = {node.id for node in chain}
-    _redirect(graph, source, last, skip=chain_ids)
-    nodes: dict[str, Node] = {}
-    for current in graph.nodes.values():
-        nodes[current.id] = current
-        if current.id == source.node:
-            for new_node in chain:
-                nodes[new_node.id] = new_node
-    graph.nodes = nodes
 
 
 def remove_node(graph: Graph, node_id: str) -> None:
