@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from normify import kinds
+from normify import kinds, legacy
 from normify.errors import NormifyError, UnsupportedModelError
 
 KEPT = "kept"
@@ -206,7 +206,7 @@ def from_config(model_config: dict[str, Any], source: str | None = None) -> Grap
     reason when the config is malformed.
     """
     try:
-        return _graph_from_serialized(model_config, depth=0)
+        return _graph_from_serialized(legacy.renumber_nested_calls(model_config), depth=0)
     except NormifyError as error:
         if error.path is not None or source is None:
             raise
@@ -339,6 +339,7 @@ def _functional_from_config(
     nodes = _topological(pending, name)
     inputs = _refs_from_config(config.get("input_layers", []), nodes, name)
     outputs = _refs_from_config(config.get("output_layers", []), nodes, name)
+    _share_output_shapes(layers, nodes, shapes)
     for ref in tensor_refs(outputs):
         if ref.node not in nodes:
             raise NormifyError(f"output {ref.node!r} of {name} is not a layer call")
@@ -398,6 +399,23 @@ def _deserialize_legacy_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
         return value
 
     return {key: convert(value) for key, value in kwargs.items()}
+
+
+def _share_output_shapes(
+    layers: dict[str, LayerSpec],
+    nodes: dict[str, Node],
+    shapes: dict[TensorRef, tuple[int | None, ...]],
+) -> None:
+    """A nested model's output shapes are written only where the outer model reads them:
+    give them to the nested graph too, whose last layers have no reader inside."""
+    for node in nodes.values():
+        subgraph = layers[node.layer].subgraph
+        if subgraph is None or subgraph.opaque_reason is not None:
+            continue
+        for index, inner in enumerate(tensor_refs(subgraph.outputs)):
+            shape = shapes.get(TensorRef(node.id, index))
+            if shape is not None:
+                subgraph.shapes.setdefault(inner, shape)
 
 
 def _refs_from_config(value: Any, nodes: dict[str, Node], model_name: str) -> Any:

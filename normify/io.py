@@ -16,6 +16,7 @@ import math
 import os
 import re
 import shutil
+import subprocess
 import sys
 import tempfile
 import warnings
@@ -165,6 +166,37 @@ def _read_member(archive: zipfile.ZipFile, name: str, path: Path) -> bytes:
 
 
 def _read_h5_config(path: Path) -> dict[str, Any]:
+    found = _h5_attributes_in_child(path)
+    if found is None:  # no child interpreter to be had: read here, unguarded
+        found = _h5_attributes(str(path))
+    if "error" in found:
+        raise ModelLoadError(f"is not a readable HDF5 file ({found['error']})", path)
+    raw = found["config"]
+    if raw is None:
+        if found["weights_only"]:
+            raise ModelLoadError(
+                "is a weights-only HDF5 file with no model config; pass the full model file",
+                path,
+            )
+        raise ModelLoadError("is an HDF5 file but not a Keras model (no model_config)", path)
+    if not isinstance(raw, str):
+        raise ModelLoadError("model_config is not a JSON string", path)
+    config = _parse_config_json(raw, path, "model_config")
+    # the HDF5 file holds the weights beside the config
+    _check_declared_sizes(config, path.stat().st_size, path, "model_config")
+    return config
+
+
+# The HDF5 C library can loop forever on a corrupted file (a flipped byte in the global
+# heap of a legacy .h5 hangs `attrs["model_config"]`), and a call into it cannot be
+# interrupted from Python. So the attributes are read by a child interpreter with a
+# time limit: a hostile file costs seconds, not forever (and the child ~0.1 s).
+H5_READ_SECONDS = 15.0
+
+
+def _h5_attributes(path: str) -> dict[str, Any]:
+    """The `model_config` attribute (None when absent; JSON text when a string) and
+    whether the file looks like a weights-only file, or `error`: what h5py said."""
     import h5py
 
     try:
@@ -172,22 +204,42 @@ def _read_h5_config(path: Path) -> dict[str, Any]:
             raw = handle.attrs.get("model_config")
             weights_only = "layer_names" in handle.attrs or "vars" in handle or "layers" in handle
     except Exception as error:  # OSError mostly; a mangled file can raise anything
-        raise ModelLoadError(f"is not a readable HDF5 file ({_first_line(error)})", path) from None
-    if raw is None:
-        if weights_only:
-            raise ModelLoadError(
-                "is a weights-only HDF5 file with no model config; pass the full model file",
-                path,
-            )
-        raise ModelLoadError("is an HDF5 file but not a Keras model (no model_config)", path)
+        return {"error": (str(error).strip() or type(error).__name__).splitlines()[0][:300]}
     if isinstance(raw, bytes):
         raw = raw.decode("utf-8", errors="replace")
-    if not isinstance(raw, str):
-        raise ModelLoadError("model_config is not a JSON string", path)
-    config = _parse_config_json(raw, path, "model_config")
-    # the HDF5 file holds the weights beside the config
-    _check_declared_sizes(config, path.stat().st_size, path, "model_config")
-    return config
+    # anything but a string (a number, an array) is reported as such, not transported
+    config = raw if raw is None or isinstance(raw, str) else False
+    return {"config": config, "weights_only": bool(weights_only)}
+
+
+def _h5_child_code() -> str:
+    # the function's own source: the child imports h5py, not all of normify
+    lines = ["import json, sys", "from typing import Any", inspect.getsource(_h5_attributes)]
+    return "\n".join([*lines, "json.dump(_h5_attributes(sys.argv[1]), sys.stdout)"])
+
+
+def _h5_attributes_in_child(path: Path) -> dict[str, Any] | None:
+    """`_h5_attributes` run in a child interpreter, or None when none can run it."""
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", _h5_child_code(), str(path)],
+            capture_output=True,
+            timeout=H5_READ_SECONDS,
+            stdin=subprocess.DEVNULL,
+        )
+    except subprocess.TimeoutExpired:
+        raise ModelLoadError(
+            f"is not a readable HDF5 file (the HDF5 library did not finish reading it in "
+            f"{H5_READ_SECONDS:.0f} s; the file is corrupt)",
+            path,
+        ) from None
+    except OSError:  # no interpreter to start (or no source to give it)
+        return None
+    try:
+        found = json.loads(done.stdout)
+    except ValueError:
+        return None  # the child could not import h5py, or died: read here
+    return found if done.returncode == 0 and isinstance(found, dict) else None
 
 
 def _parse_config_json(raw: bytes | str, path: Path, what: str) -> dict[str, Any]:

@@ -94,13 +94,11 @@ def repair_config(
     Keras 3's Functional reader still understands.
     """
     config = copy.deepcopy(serialized)
-    _renumber_model(config)
     # A tf_keras `.keras` file keeps its compile config here; Keras 3 would compile from
     # it untranslated. `repair_training_config` translates it instead.
     config.pop("compile_config", None)
-    repairs = _node_repairs(serialized)
+    repairs = _shift_nested_references(config, calls_only=False, apply=True)
     _Repairer(custom_objects or {}, repairs).model(config, "", top=True)
-    _adjust_for_keras3_reader(config)
     return config, repairs
 
 
@@ -283,34 +281,69 @@ def _is_builtin_module(module: str) -> bool:
 
 
 # ------------------------------------------------------------------ nested model nodes
+#
+# A `[layer, node, tensor]` reference names a call of a layer by its node index. For a
+# nested model, Keras 2 counted the model's own graph as node 0 (a Functional model, and
+# a Sequential built with an input, got it when built), so its first call in an outer
+# model is node 1. Keras 3 counts calls only, except that it still writes input and
+# output references to a nested Functional model (not to a Sequential one) the Keras 2
+# way, and its reader subtracts one from those. Keras 3's `keras_history` references
+# inside `{"args", "kwargs"}` nodes count calls only.
 
 
-def renumber_keras2_nodes(serialized: dict[str, Any]) -> dict[str, Any]:
-    """A deep copy whose node indices follow Keras 3 (needs no backend).
+def renumber_nested_calls(serialized: dict[str, Any]) -> dict[str, Any]:
+    """The config with every `[layer, node, tensor]` reference to a nested model counting
+    that model's calls only (node 0 = first call), for Keras 2 and Keras 3 configs alike.
 
-    Keras 2 gave a nested Functional model, and a Sequential built with an input, a node
-    of its own (node 0) when it was built, so the first call of such a nested model in an
-    outer model is node 1 in a Keras 2 config. Keras 3 counts calls only: node 0.
-    Returns `serialized` itself when no index changes (Keras 3 configs never change).
+    Needs no backend (for the graph builder). Returns `serialized` itself when no index
+    changes, a renumbered deep copy otherwise.
     """
-    if not _node_repairs(serialized):
+    if not _shift_nested_references(serialized, calls_only=True, apply=False):
         return serialized
     config = copy.deepcopy(serialized)
-    _renumber_model(config)
+    _shift_nested_references(config, calls_only=True, apply=True)
     return config
 
 
-def _renumber_model(entry: Any) -> None:
+def _shift_nested_references(
+    entry: Any, *, calls_only: bool, apply: bool, prefix: str = ""
+) -> list[str]:
+    """Shift references to nested models down by one where their numbering counts the
+    nested model's own graph; one line per nested model whose references shift.
+
+    `calls_only` gives the graph builder's numbering; otherwise Keras 2 references become
+    what Keras 3 writes (its reader's numbering), and Keras 3 configs stay as they are.
+    """
     layers = _layers_of(entry)
     if layers is None:
-        return
-    for _, nested in _nested_models(layers):
-        _renumber_model(nested)
-    if entry.get("class_name") == "Sequential" or not _has_keras2_nodes(layers):
-        return
-    offsets = _nested_offsets(entry["config"])
-    if offsets:
-        _shift_references(entry["config"], offsets)
+        return []
+    lines = []
+    for name, nested in _nested_models(layers):
+        lines += _shift_nested_references(
+            nested, calls_only=calls_only, apply=apply, prefix=f"{prefix}{name}/"
+        )
+    keras2 = _has_keras2_nodes(layers)
+    if entry.get("class_name") == "Sequential" or not (keras2 or calls_only):
+        return lines
+    inbound = [ref for layer in layers for ref in _inbound_references(layer)] if keras2 else []
+    ends = _leaf_refs(entry["config"].get("input_layers"))
+    ends += _leaf_refs(entry["config"].get("output_layers"))
+    shifted = set()
+    for name, nested in _nested_models(layers):
+        counted = _own_graph(nested) if keras2 else nested["class_name"] != "Sequential"
+        if not counted or any(ref[0] == name and ref[1] == 0 for ref in inbound + ends):
+            continue  # a reference to node 0: this model's numbering counts calls already
+        in_ends = calls_only or nested["class_name"] == "Sequential"
+        refs = [ref for ref in inbound + (ends if in_ends else []) if ref[0] == name]
+        for ref in _unique(refs) if apply else []:
+            ref[1] -= 1
+        if refs:
+            shifted.add(name)
+    return lines + [
+        f"{prefix}{name}: node indices shifted down by one (Keras 2 counted the nested "
+        "model's own graph as node 0)"
+        for name in sorted(shifted)
+    ]
 
 
 def _layers_of(entry: Any) -> list[Any] | None:
@@ -333,7 +366,7 @@ def _nested_models(layers: list[Any]) -> Iterator[tuple[str, dict[str, Any]]]:
 
 def _has_keras2_nodes(layers: list[Any]) -> bool:
     """Whether a Functional config writes its inbound nodes as Keras 2 lists (Keras 3
-    writes `{"args": ..., "kwargs": ...}` mappings, whose references are never shifted)."""
+    writes `{"args": ..., "kwargs": ...}` mappings)."""
     for layer in layers:
         nodes = layer.get("inbound_nodes") if isinstance(layer, dict) else None
         for node in nodes if isinstance(nodes, list) else []:
@@ -341,17 +374,8 @@ def _has_keras2_nodes(layers: list[Any]) -> bool:
     return False
 
 
-def _nested_offsets(config: dict[str, Any]) -> dict[str, int]:
-    """Nested models whose Keras 2 node indices start at 1: Functional models, and
-    Sequential ones built with an input, unless a reference to node 0 says otherwise."""
-    offsets = {name: 1 for name, nested in _nested_models(config["layers"]) if _own_graph(nested)}
-    for ref in _all_references(config):
-        if ref[0] in offsets and ref[1] == 0:
-            offsets[ref[0]] = 0
-    return {name: offset for name, offset in offsets.items() if offset}
-
-
 def _own_graph(nested: dict[str, Any]) -> bool:
+    """Whether Keras 2 gave this nested model a node of its own when it was built."""
     if nested["class_name"] != "Sequential":
         return True
     layers = _layers_of(nested) or [None]
@@ -360,24 +384,17 @@ def _own_graph(nested: dict[str, Any]) -> bool:
     return first.get("class_name") == "InputLayer" or "batch_input_shape" in first_config
 
 
-def _all_references(config: dict[str, Any]) -> list[list[Any]]:
-    """Every `[layer, node, tensor]` reference of a Keras 2 Functional config (each list
-    once): inbound nodes, tensors passed as keyword arguments, inputs and outputs."""
-    refs = []
-    for layer in config["layers"]:
-        for node in _legacy_nodes(layer):
-            refs.extend(node)
-            refs.extend(ref for item in node if len(item) > 3 for ref in _leaf_refs(item[3]))
-    refs += _leaf_refs(config.get("input_layers")) + _leaf_refs(config.get("output_layers"))
-    return list({id(ref): ref for ref in refs}.values())
-
-
-def _legacy_nodes(layer: Any) -> list[list[list[Any]]]:
-    """A layer's Keras 2 inbound nodes: lists of `[layer, node, tensor, kwargs]`."""
+def _inbound_references(layer: Any) -> list[list[Any]]:
+    """The references of a layer's Keras 2 inbound nodes (`[layer, node, tensor, kwargs]`
+    items), tensors passed as keyword arguments included."""
     nodes = layer.get("inbound_nodes") if isinstance(layer, dict) else None
-    if not isinstance(nodes, list):
-        return []
-    return [[item for item in node if _is_ref(item)] for node in nodes if isinstance(node, list)]
+    refs = []
+    for node in nodes if isinstance(nodes, list) else []:
+        for item in node if isinstance(node, list) else []:
+            if _is_ref(item):
+                refs.append(item)
+                refs += _leaf_refs(item[3]) if len(item) > 3 else []
+    return refs
 
 
 def _is_ref(item: Any) -> bool:
@@ -400,46 +417,9 @@ def _leaf_refs(value: Any) -> list[list[Any]]:
     return []
 
 
-def _shift_references(config: dict[str, Any], offsets: dict[str, int]) -> None:
-    for ref in _all_references(config):
-        if ref[0] in offsets:
-            ref[1] -= offsets[ref[0]]
-
-
-def _node_repairs(serialized: dict[str, Any], prefix: str = "") -> list[str]:
-    """One line per nested model whose node indices `renumber_keras2_nodes` shifts."""
-    layers = _layers_of(serialized)
-    if layers is None:
-        return []
-    lines = []
-    if serialized.get("class_name") != "Sequential" and _has_keras2_nodes(layers):
-        lines = [
-            f"{prefix}{name}: node indices shifted down by one (Keras 2 counted the nested "
-            "model's own graph as node 0)"
-            for name in sorted(_nested_offsets(serialized["config"]))
-        ]
-    for name, nested in _nested_models(layers):
-        lines += _node_repairs(nested, f"{prefix}{name}/")
-    return lines
-
-
-def _adjust_for_keras3_reader(entry: Any) -> None:
-    """Keras 3's reader subtracts one from input/output references to a nested Functional
-    model (it assumes Keras 2 numbering there, and only there): add it back."""
-    layers = _layers_of(entry)
-    if layers is None:
-        return
-    functional = set()
-    for name, nested in _nested_models(layers):
-        _adjust_for_keras3_reader(nested)
-        if nested["class_name"] != "Sequential":
-            functional.add(name)
-    if entry.get("class_name") == "Sequential":
-        return
-    config = entry["config"]
-    for ref in _leaf_refs(config.get("input_layers")) + _leaf_refs(config.get("output_layers")):
-        if ref[0] in functional:
-            ref[1] += 1
+def _unique(refs: list[list[Any]]) -> list[list[Any]]:
+    """Each reference list once, should a config share one between two places."""
+    return list({id(ref): ref for ref in refs}.values())
 
 
 # --------------------------------------------------------------------- training configs

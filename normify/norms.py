@@ -50,20 +50,21 @@ def channel_axis(class_name: str, config: dict[str, Any]) -> int:
 
 def misapplies_channels_first_bias(
     class_name: str, config: dict[str, Any], output_shape: tuple[int | None, ...] | None
-) -> bool:
+) -> bool | None:
     """Whether Keras (3.15, TensorFlow backend) adds (or may add, for some input sizes)
     this layer's bias on the wrong axis.
 
     A channels_first convolution adds its bias reshaped to (1, C, 1, ...) with
     `keras.ops.add`, which the TensorFlow backend turns into `tf.nn.bias_add` in NHWC
     whenever the output's last dimension equals C: the bias then lands on the width axis.
+    A dynamic width or channel count may hit it; None when the shape is not known at all.
     """
     inner_class, _ = kinds.innermost(class_name, config)
     axis = channel_axis(class_name, config)
     if inner_class not in kinds.CONV_CLASSES or axis < 0:
         return False
     if not output_shape or len(output_shape) <= axis + 1:
-        return True  # shape unknown: some input may hit it
+        return None  # normify does not know the shape (a config without it)
     channels, width = output_shape[axis], output_shape[-1]
     return channels is None or width is None or channels == width
 
@@ -73,8 +74,11 @@ def largest_group_count(channels: int, limit: int = 32) -> int:
     return max(d for d in range(1, min(channels, limit) + 1) if channels % d == 0)
 
 
-def identity_moving_variance(epsilon: float, target: float = 1.0) -> np.float32:
-    """The float32 v for which float32(v + epsilon) == target exactly (target near 1)."""
+def identity_moving_variance(epsilon: float, target: Any = 1.0) -> Any:
+    """The float32 v for which float32(v + epsilon) == target exactly (target near 1);
+    elementwise for an array of targets."""
+    if np.ndim(target):
+        return np.array([identity_moving_variance(epsilon, t) for t in target], np.float32)
     eps, goal = np.float32(epsilon), np.float32(target)
     candidate = goal - eps
     for _ in range(64):
@@ -87,22 +91,29 @@ def identity_moving_variance(epsilon: float, target: float = 1.0) -> np.float32:
     raise ValueError(f"no float32 variance makes an exact identity for epsilon {epsilon}")
 
 
-def unit_rsqrt_argument(rsqrt: Callable[[np.ndarray], np.ndarray]) -> np.float32:
-    """The float32 a near 1 whose reciprocal square root the backend computes as exactly 1.
+def unit_rsqrt_arguments(channels: int, rsqrt: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """Per channel, a float32 a near 1 whose reciprocal square root the backend computes as
+    exactly 1, for a vector of `channels` values.
 
-    Vectorized rsqrt kernels are not correctly rounded: TensorFlow on AVX-512 CPUs returns
-    1 - 2**-23 for rsqrt(1.0) in its vector path and exactly 1 for 1 - 2**-24. The vector
-    path (long channel vectors) is preferred; the scalar path serves only a few tail
-    channels. Returns 1.0 when no candidate is exact.
+    Vectorized rsqrt kernels are not correctly rounded, and a vector's elements take
+    different paths: TensorFlow on AVX-512 CPUs returns 1 - 2**-23 for rsqrt(1.0) in its
+    vector path and exactly 1 for 1 - 2**-24, while its scalar path (short vectors and the
+    tail of long ones) is exact at 1.0. So each position gets the first candidate that is
+    exact there (1.0 where none is).
     """
     one = np.float32(1)
     below = np.nextafter(one, np.float32(0), dtype=np.float32)
-    candidates = [one, below, np.nextafter(below, np.float32(0), dtype=np.float32)]
-    candidates.append(np.nextafter(one, np.float32(2), dtype=np.float32))
+    candidates = [
+        one,
+        below,
+        np.nextafter(below, np.float32(0), dtype=np.float32),
+        np.nextafter(one, np.float32(2), dtype=np.float32),
+    ]
+    chosen = np.full(channels, np.nan, dtype=np.float32)
     for candidate in candidates:
-        if np.all(np.asarray(rsqrt(np.full(1024, candidate, np.float32))) == one):
-            return candidate
-    return one
+        exact = np.asarray(rsqrt(np.full(channels, candidate, np.float32))) == one
+        chosen = np.where(np.isnan(chosen) & exact, candidate, chosen)
+    return np.where(np.isnan(chosen), one, chosen).astype(np.float32)
 
 
 def norm_config(norm: str, name: str, axis: int, dtype: Any) -> tuple[str, dict[str, Any]]:

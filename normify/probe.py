@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from normify.graph import iter_leaves
+
 INPUT = "input"
 OUTPUT = "output"
 
@@ -63,8 +65,11 @@ class Probe:
                 found.add(name)
             if name in nested_requests and node.input_tensors:
                 sub_probe = Probe(node.operation, nested_requests[name])
-                outputs.extend(node.input_tensors)
-                order.append(("nested", (sub_probe, len(node.input_tensors))))
+                # the nested model's inputs are its positional arguments; a recorded
+                # `mask=` keyword is not one of them
+                inputs = _keras_tensors(node.arguments.args)
+                outputs.extend(inputs)
+                order.append(("nested", (sub_probe, len(inputs))))
                 found.add(name)
         missing = (set(local_requests) | set(nested_requests)) - found
         if missing:
@@ -103,6 +108,12 @@ class Probe:
                 found[prefix + path].extend(pairs)
             position += count
         return found
+
+
+def _keras_tensors(structure: Any) -> list[Any]:
+    from keras import KerasTensor
+
+    return [leaf for leaf in iter_leaves(structure) if isinstance(leaf, KerasTensor)]
 
 
 def channel_rows(values: np.ndarray, axis: int, mask: np.ndarray | None = None) -> np.ndarray:

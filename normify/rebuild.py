@@ -57,7 +57,7 @@ class _Builder:
         self.share = share
         # (new layer, spec, owning graph) whose variables are set once everything is built
         self.pending: list[tuple[Any, LayerSpec, Graph]] = []
-        self._unit_rsqrt_argument: np.float32 | None = None
+        self._unit_rsqrt_arguments: dict[int, np.ndarray] = {}
 
     # -------------------------------------------------------------------------- models
 
@@ -170,13 +170,13 @@ class _Builder:
                 if isinstance(fold, FoldedFrom):
                     _assign_folded(spec.obj, new, fold.batchnorm.obj)
 
-    def _unit_rsqrt(self) -> np.float32:
-        if self._unit_rsqrt_argument is None:
+    def _unit_rsqrt(self, channels: int) -> np.ndarray:
+        if channels not in self._unit_rsqrt_arguments:
             ops = self.keras.ops
-            self._unit_rsqrt_argument = norms.unit_rsqrt_argument(
-                lambda values: ops.convert_to_numpy(ops.rsqrt(values))
+            self._unit_rsqrt_arguments[channels] = norms.unit_rsqrt_arguments(
+                channels, lambda values: ops.convert_to_numpy(ops.rsqrt(values))
             )
-        return self._unit_rsqrt_argument
+        return self._unit_rsqrt_arguments[channels]
 
     def _initialize_inserted(self, new: Any, spec: LayerSpec, graph: Graph) -> None:
         for variable in new.weights:
@@ -187,7 +187,8 @@ class _Builder:
             if isinstance(value, WeightFrom):
                 value = find_variable(value.source.obj, value.variable).numpy()
             elif isinstance(value, IdentityVariance):
-                value = norms.identity_moving_variance(value.epsilon, self._unit_rsqrt())
+                targets = self._unit_rsqrt(int(np.prod(variable.shape)))
+                value = norms.identity_moving_variance(value.epsilon, targets)
             variable.assign(
                 np.broadcast_to(np.asarray(value, dtype=variable.dtype), variable.shape)
             )

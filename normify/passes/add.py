@@ -187,9 +187,8 @@ def _insert(
     chain_end = new_specs[-1].name
     note = None
     first_output = graph.shapes.get(TensorRef(editor.calls(graph, layer_name)[0].id, 0))
-    if bias_moved and norms.misapplies_channels_first_bias(
-        spec.class_name, spec.config, first_output
-    ):
+    misapplied = norms.misapplies_channels_first_bias(spec.class_name, spec.config, first_output)
+    if bias_moved and misapplied is True:
         note = (
             "Keras adds this channels_first layer's bias on the wrong axis when its output "
             "width equals its channel count (as here, or possibly: the width is not fixed); as "

@@ -133,7 +133,7 @@ def _foldable_producer(graph: Graph, name: str, is_top: bool) -> LayerSpec | str
     reason = fold_reason(producer.class_name, producer.config, axis)
     if reason is None and norms.misapplies_channels_first_bias(
         producer.class_name, producer.config, graph.shapes.get(sources[0])
-    ):
+    ) in (True, None):
         reason = (
             f"{producer.name} is channels_first with an output width that equals (or, being "
             "unknown, may equal) its channel count: Keras would add a folded bias on the "
