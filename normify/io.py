@@ -512,14 +512,29 @@ def _load_keras2_file(request: _LoadRequest) -> LoadedModel:
 
 
 def _keras_load(request: _LoadRequest, compile: bool) -> Any:
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _keras_suffixed(request.path, request.format) as path:
         warnings.simplefilter("ignore")
         return request.keras.saving.load_model(
-            request.path,
+            path,
             custom_objects=request.custom_objects,
             compile=compile,
             safe_mode=request.safe_mode,
         )
+
+
+@contextlib.contextmanager
+def _keras_suffixed(path: Path, file_format: str) -> Iterator[Path]:
+    """`path`, or a link to it named as Keras requires (`.keras`/`.h5`): Keras picks the
+    format from the suffix, and a backup such as `model.keras.bak` has none it knows."""
+    known = (".keras",) if file_format == KERAS else (".h5", ".hdf5")
+    if path.suffix in known:
+        yield path
+        return
+    suffix = known[0]
+    with tempfile.TemporaryDirectory(prefix="normify-") as folder:
+        link = Path(folder) / f"model{suffix}"
+        link.symlink_to(path.resolve())
+        yield link
 
 
 def saved_keras_version(path: Path, file_format: str) -> str | None:

@@ -138,3 +138,28 @@ def test_help_and_version(argv):
     assert completed.returncode == 0
     assert completed.stderr == ""
     assert "normify" in completed.stdout
+
+
+def test_in_place_keeps_a_loadable_backup(tmp_path):
+    model = tmp_path / "mlp.keras"
+    shutil.copy(FIXTURES / "mlp.keras", model)
+    original_bytes = model.read_bytes()
+    done = subprocess.run(
+        [sys.executable, "-m", "normify", "add", str(model), "--in-place"],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    backup = tmp_path / "mlp.keras.bak"
+    assert backup.read_bytes() == original_bytes
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mlp.keras", "mlp.keras.bak"]
+    report = normify_verify(backup, model)
+    assert report.passed and report.counts["moved"] == 2  # the two biases now in BN betas
+    refused = run("add", model, "--in-place", "-o", tmp_path / "other.keras")
+    assert refused.exit_code == 2
+
+
+def normify_verify(original, rewritten):
+    from normify.verify import verify
+
+    return verify(original, rewritten, tolerance=1e-6)
