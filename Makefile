@@ -23,7 +23,7 @@ demo: install
 	$(BIN)/normify audit $(DEMO_OUT)/cnn.normified.keras --require conv=batchnorm --require dense=batchnorm
 
 lint: install
-	$(BIN)/ruff check normify tests benchmarks fixtures
+	$(BIN)/ruff check normify tests benchmarks fixtures scripts
 
 test: install lint
 	$(BIN)/python -m pytest -q
