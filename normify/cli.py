@@ -25,6 +25,7 @@ EXIT_VIOLATION = 1
 EXIT_ERROR = 2
 
 NORM_CHOICE = click.Choice(["batchnorm", "layernorm", "groupnorm", "rmsnorm", "none"])
+SWAP_CHOICE = click.Choice(["batchnorm", "layernorm", "groupnorm", "rmsnorm"])
 REQUIRE_NORMS = ("batchnorm", "layernorm", "groupnorm", "rmsnorm", "unitnorm", "any")
 
 
@@ -506,14 +507,14 @@ def _describe(command: str, change: Any) -> str:
     "--from",
     "from_norm",
     required=True,
-    type=click.Choice(["batchnorm", "layernorm", "groupnorm", "rmsnorm"]),
+    type=SWAP_CHOICE,
     help="Class of the norm layers to replace.",
 )
 @click.option(
     "--to",
     "to_norm",
     required=True,
-    type=click.Choice(["batchnorm", "layernorm", "groupnorm", "rmsnorm"]),
+    type=SWAP_CHOICE,
     help="Class to replace them with.",
 )
 @click.option(
