@@ -65,10 +65,13 @@ def main() -> None:
     """Insert, audit and rewrite the normalization layers of saved Keras 3 models.
 
     \b
-    normify audit model.keras                       which layers are normalized
-    normify audit model.keras --require dense=batchnorm   gate a model in CI
-    normify add model.keras                         BatchNorm after dense/conv,
-                                                    LayerNorm after recurrent layers
+    normify audit model.keras                        which layers are normalized
+    normify audit model.keras --require dense=any    gate a model in CI
+    normify add model.keras                          BatchNorm after dense/conv,
+                                                     LayerNorm after recurrent layers
+    normify swap model.keras --from batchnorm --to layernorm
+    normify fold model.keras                         fold BatchNorm for deployment
+    normify verify model.keras model.folded.keras    prove what changed
     """
 
 
