@@ -288,6 +288,43 @@ def _save(result: Any, destination: _Destination, loading: dict[str, Any]) -> No
     result.report.output = str(destination.path)
 
 
+def _rewrite(
+    model: Path,
+    suffix: str,
+    plan: Callable[[], Any],
+    run: Callable[[dict[str, Any]], Any],
+    options: dict[str, Any],
+    printer: Callable[[Any, bool, bool], None],
+) -> None:
+    """What every rewriting command does: print the plan for --dry-run, or check where
+    the result goes (before any work), rewrite, save, print the report."""
+    as_json = options["as_json"]
+    if options["dry_run"]:
+        printer(plan(), as_json, True)
+        return
+    destination = _destination(
+        model,
+        options["output"],
+        options["force"],
+        suffix,
+        options["in_place"],
+        options["no_backup"],
+    )
+    loading = _loading(options["unsafe"], options["custom_object_files"])
+    result = run(loading)
+    _save(result, destination, loading)
+    printer(result.report, as_json, False)
+
+
+def _output_and_loading(locals_: dict[str, Any]) -> dict[str, Any]:
+    """The output and loading options every rewriting command takes, from its arguments."""
+    keys = (
+        "output", "force", "in_place", "no_backup", "dry_run", "as_json", "unsafe",
+        "custom_object_files",
+    )  # fmt: skip
+    return {key: locals_[key] for key in keys}
+
+
 # ------------------------------------------------------------------------------ add
 
 
@@ -378,31 +415,19 @@ def add(
     from normify.rules import Rules
 
     rules = Rules(dense, conv, rnn, position, include, exclude, include_output)
-    if dry_run:
-        report = api.plan(model, rules)
-        _print_add_report(report, as_json, dry_run=True)
-        return
-    destination = _destination(model, output, force, "normified", in_place, no_backup)
-    loading = _loading(unsafe, custom_object_files)
-    result = api.add(
+    _rewrite(
         model,
-        dense=dense,
-        conv=conv,
-        rnn=rnn,
-        position=position,
-        include=include,
-        exclude=exclude,
-        include_output=include_output,
-        init=init,
-        data=data,
-        batch_size=batch_size,
-        max_samples=max_samples,
-        quiet=quiet,
-        measure_drift=measure_drift,
-        **loading,
-    )
-    _save(result, destination, loading)
-    _print_add_report(result.report, as_json, dry_run=False)
+        "normified",
+        plan=lambda: api.plan(model, rules),
+        run=lambda loading: api.add(
+            model, dense=dense, conv=conv, rnn=rnn, position=position, include=include,
+            exclude=exclude, include_output=include_output, init=init, data=data,
+            batch_size=batch_size, max_samples=max_samples, quiet=quiet,
+            measure_drift=measure_drift, **loading,
+        ),
+        options=_output_and_loading(locals()),
+        printer=_print_add_report,
+    )  # fmt: skip
 
 
 def _drift_line(drift: dict[str, Any] | None) -> str | None:
@@ -550,22 +575,21 @@ def swap(
     """
     from normify import api
 
-    if dry_run:
-        report = api.plan_swap(
+    _rewrite(
+        model,
+        "swapped",
+        plan=lambda: api.plan_swap(
             model, from_norm=from_norm, to_norm=to_norm, groups=groups, include=include,
             exclude=exclude, allow_mask_loss=allow_mask_loss,
-        )  # fmt: skip
-        _print_rewrite_report(report, as_json, dry_run=True)
-        return
-    destination = _destination(model, output, force, "swapped", in_place, no_backup)
-    loading = _loading(unsafe, custom_object_files)
-    result = api.swap(
-        model, from_norm=from_norm, to_norm=to_norm, groups=groups, include=include,
-        exclude=exclude, data=data, allow_mask_loss=allow_mask_loss, batch_size=batch_size,
-        max_samples=max_samples, quiet=quiet, **loading,
+        ),
+        run=lambda loading: api.swap(
+            model, from_norm=from_norm, to_norm=to_norm, groups=groups, include=include,
+            exclude=exclude, data=data, allow_mask_loss=allow_mask_loss,
+            batch_size=batch_size, max_samples=max_samples, quiet=quiet, **loading,
+        ),
+        options=_output_and_loading(locals()),
+        printer=_print_rewrite_report,
     )  # fmt: skip
-    _save(result, destination, loading)
-    _print_rewrite_report(result.report, as_json, dry_run=False)
 
 
 @main.command()
@@ -593,18 +617,17 @@ def strip(
     it first, so inference is unchanged; every other removal's drift is reported."""
     from normify import api
 
-    if dry_run:
-        report = api.plan_strip(model, kind=kind, include=include, exclude=exclude)
-        _print_rewrite_report(report, as_json, dry_run=True)
-        return
-    destination = _destination(model, output, force, "stripped", in_place, no_backup)
-    loading = _loading(unsafe, custom_object_files)
-    result = api.strip(
-        model, kind=kind, include=include, exclude=exclude, data=data, batch_size=batch_size,
-        max_samples=max_samples, **loading,
+    _rewrite(
+        model,
+        "stripped",
+        plan=lambda: api.plan_strip(model, kind=kind, include=include, exclude=exclude),
+        run=lambda loading: api.strip(
+            model, kind=kind, include=include, exclude=exclude, data=data,
+            batch_size=batch_size, max_samples=max_samples, **loading,
+        ),
+        options=_output_and_loading(locals()),
+        printer=_print_rewrite_report,
     )  # fmt: skip
-    _save(result, destination, loading)
-    _print_rewrite_report(result.report, as_json, dry_run=False)
 
 
 @main.command()
@@ -627,18 +650,17 @@ def fold(
     """
     from normify import api
 
-    if dry_run:
-        report = api.plan_fold(model, include=include, exclude=exclude)
-        _print_rewrite_report(report, as_json, dry_run=True)
-        return
-    destination = _destination(model, output, force, "folded", in_place, no_backup)
-    loading = _loading(unsafe, custom_object_files)
-    result = api.fold(
-        model, include=include, exclude=exclude, data=data, batch_size=batch_size,
-        max_samples=max_samples, **loading,
+    _rewrite(
+        model,
+        "folded",
+        plan=lambda: api.plan_fold(model, include=include, exclude=exclude),
+        run=lambda loading: api.fold(
+            model, include=include, exclude=exclude, data=data, batch_size=batch_size,
+            max_samples=max_samples, **loading,
+        ),
+        options=_output_and_loading(locals()),
+        printer=_print_rewrite_report,
     )  # fmt: skip
-    _save(result, destination, loading)
-    _print_rewrite_report(result.report, as_json, dry_run=False)
 
 
 @main.command()
@@ -662,18 +684,17 @@ def recalibrate(
     """
     from normify import api
 
-    if dry_run:
-        report = api.plan_recalibrate(model, include=include, exclude=exclude)
-        _print_rewrite_report(report, as_json, dry_run=True)
-        return
-    destination = _destination(model, output, force, "recalibrated", in_place, no_backup)
-    loading = _loading(unsafe, custom_object_files)
-    result = api.recalibrate(
-        model, data=data, include=include, exclude=exclude, batch_size=batch_size,
-        max_samples=max_samples, quiet=quiet, **loading,
+    _rewrite(
+        model,
+        "recalibrated",
+        plan=lambda: api.plan_recalibrate(model, include=include, exclude=exclude),
+        run=lambda loading: api.recalibrate(
+            model, data=data, include=include, exclude=exclude, batch_size=batch_size,
+            max_samples=max_samples, quiet=quiet, **loading,
+        ),
+        options=_output_and_loading(locals()),
+        printer=_print_rewrite_report,
     )  # fmt: skip
-    _save(result, destination, loading)
-    _print_rewrite_report(result.report, as_json, dry_run=False)
 
 
 # ---------------------------------------------------------------------------- verify
