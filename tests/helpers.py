@@ -70,3 +70,25 @@ def own_variables(layer: Any) -> dict[str, np.ndarray]:
 
 def is_model(layer: Any) -> bool:
     return hasattr(layer, "layers") and hasattr(layer, "inputs")
+
+
+def graph_structure(graph: Any) -> tuple[list, list]:
+    """Layers (path, class, kind) and calls (id, layer, inputs) of a normify graph at every
+    nesting level: what two builders of the same model must agree on."""
+    from normify import graph as graphs
+
+    layers = sorted(
+        (path, spec.class_name, spec.kind) for path, spec, _ in graphs.walk_layers(graph)
+    )
+    calls = []
+    stack = [("", graph)]
+    while stack:
+        prefix, current = stack.pop()
+        calls.extend(
+            (prefix + node.id, node.layer, tuple(node.inputs)) for node in current.nodes.values()
+        )
+        calls.append((prefix, "outputs", tuple(graphs.tensor_refs(current.outputs))))
+        for spec in current.layers.values():
+            if spec.subgraph is not None:
+                stack.append((prefix + spec.name + "/", spec.subgraph))
+    return layers, sorted(calls)

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from conftest import FIXTURE_NAMES, FIXTURES, MANIFEST
 from helpers import (
+    graph_structure,
     inputs_for,
     is_model,
     layers_by_path,
@@ -148,27 +149,8 @@ def test_config_built_and_live_built_graphs_agree(name, rewritten):
     ):
         from_file = graphs.from_config(io.read_config(path))
         from_live = graphs.from_model(model)
-        assert _shape_of(from_file) == _shape_of(from_live)
+        assert graph_structure(from_file) == graph_structure(from_live)
         assert audit_graph(from_file).rows == audit_graph(from_live).rows
-
-
-def _shape_of(graph):
-    """Layers (path, class, kind) and calls (id, layer, inputs), for every nesting level."""
-    layers = sorted(
-        (path, spec.class_name, spec.kind) for path, spec, _ in graphs.walk_layers(graph)
-    )
-    calls = []
-    stack = [("", graph)]
-    while stack:
-        prefix, current = stack.pop()
-        calls.extend(
-            (prefix + node.id, node.layer, tuple(node.inputs)) for node in current.nodes.values()
-        )
-        calls.append((prefix, "outputs", tuple(graphs.tensor_refs(current.outputs))))
-        for spec in current.layers.values():
-            if spec.subgraph is not None:
-                stack.append((prefix + spec.name + "/", spec.subgraph))
-    return layers, sorted(calls)
 
 
 def test_saved_outputs_reload_in_a_fresh_process_without_normify(rewritten, tmp_path):

@@ -53,7 +53,13 @@ from architectures import (
     random_arrays,
     randomize_weights,
 )
-from helpers import is_model, layers_by_path, max_relative_difference, own_variables
+from helpers import (
+    graph_structure,
+    is_model,
+    layers_by_path,
+    max_relative_difference,
+    own_variables,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -155,26 +161,7 @@ def audits_agree(path: Path, live_models) -> None:
         from_live = audit_graph(live_graph)
         assert from_file.rows == from_live.rows, path.name
         assert from_file.norm_layers == from_live.norm_layers, path.name
-        assert structure(graph) == structure(live_graph), path.name
-
-
-def structure(graph):
-    """Layers (path, class, kind) and calls (id, layer, inputs), at every nesting level."""
-    layers = sorted(
-        (path, spec.class_name, spec.kind) for path, spec, _ in graphs.walk_layers(graph)
-    )
-    calls = []
-    stack = [("", graph)]
-    while stack:
-        prefix, current = stack.pop()
-        calls.extend(
-            (prefix + node.id, node.layer, tuple(node.inputs)) for node in current.nodes.values()
-        )
-        calls.append((prefix, "outputs", tuple(graphs.tensor_refs(current.outputs))))
-        for spec in current.layers.values():
-            if spec.subgraph is not None:
-                stack.append((prefix + spec.name + "/", spec.subgraph))
-    return layers, sorted(calls)
+        assert graph_structure(graph) == graph_structure(live_graph), path.name
 
 
 def load(path: Path):
