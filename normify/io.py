@@ -21,7 +21,7 @@ import sys
 import tempfile
 import warnings
 import zipfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -725,8 +725,15 @@ def _same_file(a: Path, b: str | os.PathLike[str]) -> bool:
 
 
 @contextlib.contextmanager
-def atomic_path(output: Path) -> Iterator[Path]:
-    """A temporary path beside `output` that replaces it only if the block succeeds."""
+def atomic_path(
+    output: Path,
+    *,
+    mode: int | None = None,
+    before_replace: Callable[[Path], None] | None = None,
+) -> Iterator[Path]:
+    """A temporary path beside `output` that replaces it only if the block succeeds (and
+    `before_replace`, given the written file, does not raise). The file gets `mode`, or
+    the mode a new file gets."""
     folder = output.parent if str(output.parent) else Path(".")
     handle, temporary = tempfile.mkstemp(
         prefix=f".{output.name}.", suffix=f".tmp{output.suffix}", dir=folder
@@ -737,8 +744,10 @@ def atomic_path(output: Path) -> Iterator[Path]:
         yield temporary_path
         with open(temporary_path, "rb") as written:
             os.fsync(written.fileno())
-        # mkstemp creates the file private (0600); give it the mode a new file gets.
-        os.chmod(temporary_path, 0o666 & ~_current_umask())
+        if before_replace is not None:
+            before_replace(temporary_path)
+        # mkstemp creates the file private (0600)
+        os.chmod(temporary_path, mode if mode is not None else 0o666 & ~_current_umask())
         os.replace(temporary_path, output)
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -754,10 +763,15 @@ def _current_umask() -> int:
 def save_model(model: Any, output: str | os.PathLike[str]) -> Path:
     """Save atomically: the output path holds either the old file or the complete new one."""
     output = Path(output)
-    with atomic_path(output) as temporary, warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model.save(temporary)
+    with atomic_path(output) as temporary:
+        _keras_save(model, temporary)
     return output
+
+
+def _keras_save(model: Any, path: Path) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.save(path)
 
 
 def save_in_place(
@@ -775,27 +789,16 @@ def save_in_place(
     """
     path = Path(path)
     backup_path = path.with_name(path.name + ".bak") if backup else None
-    folder = path.parent if str(path.parent) else Path(".")
-    handle, temporary = tempfile.mkstemp(
-        prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=folder
-    )
-    os.close(handle)
-    temporary_path = Path(temporary)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            model.save(temporary_path)
-        with open(temporary_path, "rb") as written:
-            os.fsync(written.fileno())
-        _check_loads(temporary_path, safe_mode, custom_objects)
-        os.chmod(temporary_path, path.stat().st_mode & 0o777)
+
+    def check_then_back_up(written: Path) -> None:
+        _check_loads(written, safe_mode, custom_objects)
         if backup_path is not None:
             with atomic_path(backup_path) as backup_temporary:
                 shutil.copy2(path, backup_temporary)
-        os.replace(temporary_path, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            temporary_path.unlink()
+
+    mode = path.stat().st_mode & 0o777
+    with atomic_path(path, mode=mode, before_replace=check_then_back_up) as temporary:
+        _keras_save(model, temporary)
     return backup_path
 
 
