@@ -92,3 +92,42 @@ def graph_structure(graph: Any) -> tuple[list, list]:
             if spec.subgraph is not None:
                 stack.append((prefix + spec.name + "/", spec.subgraph))
     return layers, sorted(calls)
+
+
+PREDICT_SCRIPT = """
+import sys
+import numpy as np
+import keras
+model = keras.saving.load_model(sys.argv[1])
+np.save(sys.argv[3], np.asarray(model.predict(np.load(sys.argv[2]), verbose=0)))
+"""
+
+
+def predict_in_fresh_process(model_path: Any, inputs: np.ndarray, tmp_path: Any) -> np.ndarray:
+    """Load a saved model with plain Keras in a new Python process and predict."""
+    import os
+    import subprocess
+    import sys
+
+    np.save(tmp_path / "inputs.npy", inputs)
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    done = subprocess.run(
+        [sys.executable, "-c", PREDICT_SCRIPT, str(model_path), str(tmp_path / "inputs.npy"),
+         str(tmp_path / "outputs.npy")],
+        env=env, capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return np.load(tmp_path / "outputs.npy")
+
+
+def run_cli(*args: Any) -> Any:
+    """The CLI in process (click's runner), exceptions propagating."""
+    from click.testing import CliRunner
+
+    from normify.cli import main
+
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def files_in(folder: Any) -> list[str]:
+    return sorted(path.name for path in folder.iterdir())

@@ -7,16 +7,11 @@ normify's own probes or moment helpers.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import textwrap
-
 import numpy as np
 import pytest
 from click.testing import CliRunner
 from conftest import FIXTURES
-from helpers import max_relative_difference
+from helpers import files_in, max_relative_difference, predict_in_fresh_process, run_cli
 
 import normify
 from normify.cli import main
@@ -644,43 +639,11 @@ def test_recalibrate_needs_data():
 # -------------------------------------------------------------------------------------- CLI
 
 
-PREDICT_SCRIPT = textwrap.dedent(
-    """
-    import sys
-    import numpy as np
-    import keras
-    model = keras.saving.load_model(sys.argv[1])
-    np.save(sys.argv[3], np.asarray(model.predict(np.load(sys.argv[2]), verbose=0)))
-    """
-)
-
-
-def predict_in_fresh_process(model_path, inputs: np.ndarray, tmp_path) -> np.ndarray:
-    """Load a saved model with plain Keras in a new Python process and predict."""
-    np.save(tmp_path / "inputs.npy", inputs)
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    done = subprocess.run(
-        [sys.executable, "-c", PREDICT_SCRIPT, str(model_path), str(tmp_path / "inputs.npy"),
-         str(tmp_path / "outputs.npy")],
-        env=env, capture_output=True, text=True, timeout=240,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    return np.load(tmp_path / "outputs.npy")
-
-
-def run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-
-
-def _files(folder) -> list[str]:
-    return sorted(path.name for path in folder.iterdir())
-
-
 def test_cli_add_calibrate_writes_a_model_that_reloads_in_a_fresh_process(tmp_path):
     data = np.random.default_rng(15).normal(size=(200, 16, 16, 3)).astype("float32")
     np.savez(tmp_path / "d.npz", image=data)
     out = tmp_path / "out.keras"
-    result = run("add", FIXTURES / "cnn.keras", "--init", "calibrate", "--data",
+    result = run_cli("add", FIXTURES / "cnn.keras", "--init", "calibrate", "--data",
                  tmp_path / "d.npz", "-o", out)  # fmt: skip
     assert result.exit_code == 0, result.output
     assert out.is_file()
@@ -702,7 +665,7 @@ def test_cli_calibrate_without_data_exits_2_with_one_line(tmp_path):
     )
     assert result.exit_code == 2
     assert result.stderr.count("\n") == 1 and "--data" in result.stderr, result.stderr
-    assert _files(tmp_path) == []
+    assert files_in(tmp_path) == []
 
 
 def test_cli_data_of_the_wrong_shape_exits_2_naming_the_input_and_shape(tmp_path):
@@ -717,7 +680,7 @@ def test_cli_data_of_the_wrong_shape_exits_2_naming_the_input_and_shape(tmp_path
     assert stderr.count("\n") == 1, stderr
     assert "'image'" in stderr and "(None, 16, 16, 3)" in stderr, stderr
     assert "Traceback" not in result.output
-    assert _files(tmp_path) == ["d.npz"]
+    assert files_in(tmp_path) == ["d.npz"]
 
 
 def test_cli_recalibrate_default_output_and_required_data(tmp_path):
@@ -727,8 +690,8 @@ def test_cli_recalibrate_default_output_and_required_data(tmp_path):
     np.save(tmp_path / "d.npy", x)
     missing = CliRunner().invoke(main, ["recalibrate", str(tmp_path / "m.keras")])
     assert missing.exit_code == 2 and "--data" in missing.output
-    assert _files(tmp_path) == ["d.npy", "m.keras"]
-    done = run("recalibrate", tmp_path / "m.keras", "--data", tmp_path / "d.npy",
+    assert files_in(tmp_path) == ["d.npy", "m.keras"]
+    done = run_cli("recalibrate", tmp_path / "m.keras", "--data", tmp_path / "d.npy",
                "--batch-size", "32")  # fmt: skip
     assert done.exit_code == 0, done.output
     assert "bn1" in done.output and "bn2" in done.output

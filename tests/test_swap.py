@@ -4,19 +4,14 @@ checked against independent probes of the old and new models, fitting with data,
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
-import textwrap
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from conftest import FIXTURES
+from helpers import files_in, predict_in_fresh_process, run_cli
 
 import normify
-from normify.cli import main
 from normify.drift import random_inputs
 from normify.errors import NormifyError
 
@@ -417,60 +412,30 @@ def test_layernorm_swap_of_a_masked_model_from_a_file_reloads_in_a_fresh_process
     assert _max_abs(reloaded, _predict(masked, inputs)) > 1e-4  # it really is the swapped one
 
 
-PREDICT_SCRIPT = textwrap.dedent(
-    """
-    import sys
-    import numpy as np
-    import keras
-    model = keras.saving.load_model(sys.argv[1])
-    np.save(sys.argv[3], np.asarray(model.predict(np.load(sys.argv[2]), verbose=0)))
-    """
-)
-
-
-def predict_in_fresh_process(model_path, inputs: np.ndarray, tmp_path) -> np.ndarray:
-    """Load a saved model with plain Keras in a new Python process and predict."""
-    np.save(tmp_path / "inputs.npy", inputs)
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    done = subprocess.run(
-        [sys.executable, "-c", PREDICT_SCRIPT, str(model_path), str(tmp_path / "inputs.npy"),
-         str(tmp_path / "outputs.npy")],
-        env=env, capture_output=True, text=True, timeout=240,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    return np.load(tmp_path / "outputs.npy")
-
-
 # -------------------------------------------------------------------------------------- CLI
-
-
-def run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-
-
-def _files(folder) -> list[str]:
-    return sorted(path.name for path in folder.iterdir())
 
 
 def test_cli_swap_dry_run_json_lists_the_swaps_and_writes_nothing(tmp_path):
     model = tmp_path / "m.keras"
     shutil.copy(PARTIAL, model)
-    result = run("swap", model, "--from", "batchnorm", "--to", "layernorm", "--dry-run", "--json")
+    result = run_cli(
+        "swap", model, "--from", "batchnorm", "--to", "layernorm", "--dry-run", "--json"
+    )
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout)
     assert payload["dry_run"] is True and payload["output"] is None
     assert [swap["path"] for swap in payload["swaps"]] == BATCHNORMS
     assert {swap["to"] for swap in payload["swaps"]} == {"LayerNormalization"}
     assert [swap["carried"] for swap in payload["swaps"]] == [["gamma", "beta"]] * 2
-    assert _files(tmp_path) == ["m.keras"]
+    assert files_in(tmp_path) == ["m.keras"]
 
 
 def test_cli_swap_writes_the_default_output_name(tmp_path, partial):
     model = tmp_path / "m.keras"
     shutil.copy(PARTIAL, model)
-    result = run("swap", model, "--from", "batchnorm", "--to", "groupnorm", "--groups", "4")
+    result = run_cli("swap", model, "--from", "batchnorm", "--to", "groupnorm", "--groups", "4")
     assert result.exit_code == 0, result.output
-    assert _files(tmp_path) == ["m.keras", "m.swapped.keras"]
+    assert files_in(tmp_path) == ["m.keras", "m.swapped.keras"]
     loaded = keras.saving.load_model(tmp_path / "m.swapped.keras")
     for path in BATCHNORMS:
         layer = loaded.get_layer(path)
@@ -486,8 +451,8 @@ def test_cli_swap_dry_run_to_groupnorm_plans_what_the_real_swap_does(tmp_path):
     model = tmp_path / "m.keras"
     shutil.copy(PARTIAL, model)
     args = ["swap", model, "--from", "batchnorm", "--to", "groupnorm", "--json"]
-    planned = json.loads(run(*args, "--dry-run").stdout)
-    done = json.loads(run(*args).stdout)
+    planned = json.loads(run_cli(*args, "--dry-run").stdout)
+    done = json.loads(run_cli(*args).stdout)
     assert [s["path"] for s in done["swaps"]] == BATCHNORMS
     assert [(s["path"], s["groups"]) for s in planned["swaps"]] == [
         (s["path"], s["groups"]) for s in done["swaps"]
