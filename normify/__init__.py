@@ -44,3 +44,9 @@ __all__ = [
     "swap",
     "verify",
 ]
+
+# Models using normify.cells load with plain keras.saving.load_model once normify is
+# imported: the cells register themselves when Keras loads, without importing it here.
+from normify._registration import register_cells_when_keras_loads  # noqa: E402
+
+register_cells_when_keras_loads()
