@@ -29,51 +29,37 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
-import statistics
 import subprocess
 import sys
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import RESULTS_PATH, machine_summary, replace_section, usable_cores  # noqa: E402
+from _common import (  # noqa: E402
+    DEFAULT_CACHE,
+    MIN_REPEAT,
+    BenchmarkError,
+    Check,
+    Samples,
+    describe_conditions,
+    ensure_models,
+    file_size,
+    load_average,
+    tail,
+    timed_run,
+)
+from _results import RESULTS_PATH, machine_summary, replace_section  # noqa: E402
 
 SECTION = "audit_speed"
 DEFAULT_MODELS = ("ResNet50", "DenseNet121", "EfficientNetB0")
-DEFAULT_CACHE = Path(__file__).resolve().parent / ".cache"
 DEFAULT_REPEAT = 7
-MIN_REPEAT = 5  # fewer runs make a median too noisy to judge a target on
 
 AUDIT_TARGET_S = 0.5
 RATIO_TARGET = 10.0
 IMPORT_TARGET_S = 0.3
 HELP_TARGET_S = 0.3
-
-# Run in a child so the benchmark process itself never imports TensorFlow (its threads
-# and memory would otherwise sit beside every measured process).
-BUILD_SCRIPT = """
-import os, sys
-import keras
-
-for name, path in zip(sys.argv[1::2], sys.argv[2::2]):
-    if name == "tiny":
-        model = keras.Sequential(
-            [keras.Input((8,)), keras.layers.Dense(4, activation="relu"), keras.layers.Dense(2)],
-            name="tiny",
-        )
-    elif callable(getattr(keras.applications, name, None)):
-        model = getattr(keras.applications, name)(weights=None)
-    else:
-        sys.exit(f"unknown model {name!r}: not 'tiny' nor a keras.applications function")
-    partial = os.path.join(os.path.dirname(path), ".partial-" + os.path.basename(path))
-    model.save(partial)
-    os.replace(partial, path)  # a killed build never leaves a truncated cache file
-"""
 
 LOAD_SCRIPT = "import sys, keras; keras.saving.load_model(sys.argv[1])"
 
@@ -86,38 +72,6 @@ main(["audit", sys.argv[1]], standalone_mode=False)
 found = sorted(name for name in ("tensorflow", "keras") if name in sys.modules)
 print("\\n{BACKEND_MARKER}" + json.dumps(found))
 """
-
-
-class BenchmarkError(RuntimeError):
-    """A measured command failed: its timing would be meaningless, so stop."""
-
-
-@dataclass
-class Samples:
-    """Every wall-clock duration (seconds) of one measured command, none discarded."""
-
-    label: str
-    seconds: list[float] = field(default_factory=list)
-
-    @property
-    def median(self) -> float:
-        return statistics.median(self.seconds)
-
-    @property
-    def minimum(self) -> float:
-        return min(self.seconds)
-
-
-@dataclass
-class Check:
-    """One target: `passed` is None when it was not judged (smoke run)."""
-
-    description: str
-    passed: bool | None
-
-    @property
-    def verdict(self) -> str:
-        return {True: "PASS", False: "FAIL", None: "SKIP"}[self.passed]
 
 
 @dataclass
@@ -138,45 +92,7 @@ class ModelResult:
 # ------------------------------------------------------------------------------ models
 
 
-def cache_file(cache_dir: Path, name: str) -> Path:
-    """Cache path keyed by the Keras version, so an upgrade rebuilds instead of reusing."""
-    return cache_dir / f"{name}-keras{metadata.version('keras')}.keras"
-
-
-def ensure_models(names: Sequence[str], cache_dir: Path) -> dict[str, Path]:
-    """Return a .keras file per name, building (in one child process) those not cached."""
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    paths = {name: cache_file(cache_dir, name) for name in names}
-    missing = [name for name, path in paths.items() if not path.exists()]
-    if missing:
-        log(f"building {', '.join(missing)} into {cache_dir} (once; reused afterwards)")
-        argv = [arg for name in missing for arg in (name, str(paths[name]))]
-        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-        completed = subprocess.run(
-            [sys.executable, "-c", BUILD_SCRIPT, *argv], capture_output=True, text=True, env=env
-        )
-        if completed.returncode != 0:
-            raise BenchmarkError(f"building models failed:\n{tail(completed.stderr)}")
-    return paths
-
-
 # ----------------------------------------------------------------------------- timing
-
-
-def tail(text: str, lines: int = 15) -> str:
-    return "\n".join(text.strip().splitlines()[-lines:])
-
-
-def timed_run(argv: Sequence[str]) -> float:
-    """Wall-clock seconds of one whole child process, which must succeed."""
-    start = time.perf_counter()
-    completed = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    elapsed = time.perf_counter() - start
-    if completed.returncode != 0:
-        raise BenchmarkError(
-            f"{' '.join(argv)} exited {completed.returncode}:\n{tail(completed.stderr)}"
-        )
-    return elapsed
 
 
 def backend_modules_after_audit(path: Path) -> list[str]:
@@ -311,38 +227,6 @@ def render(
     return "\n".join(lines) + "\n"
 
 
-def file_size(path: Path) -> str:
-    """Model size next to its name: load_model time grows with it, audit time should not."""
-    size = path.stat().st_size
-    return f"{size / 1e6:.1f} MB" if size >= 1e6 else f"{size / 1e3:.0f} kB"
-
-
-def load_average() -> float | None:
-    """The 1-minute load average, or None where the OS does not report one."""
-    try:
-        return os.getloadavg()[0]
-    except (AttributeError, OSError):
-        return None
-
-
-def describe_conditions(before: float | None, after: float | None) -> str:
-    """Say what else could have skewed the numbers, so a reader can discount them.
-
-    Other work on the machine inflates every timing; PYTHONDONTWRITEBYTECODE makes each
-    process recompile normify's modules (an editable install then has no .pyc at all),
-    which an installed wheel would not pay.
-    """
-    parts = []
-    if before is not None and after is not None:
-        parts.append(
-            f"1-minute load average {before:.2f} before, {after:.2f} after "
-            f"({usable_cores()} usable cores)."
-        )
-    if os.environ.get("PYTHONDONTWRITEBYTECODE"):
-        parts.append("PYTHONDONTWRITEBYTECODE was set: no bytecode cache for uncompiled modules.")
-    return " ".join(parts)
-
-
 def log(message: str) -> None:
     """Progress goes to stderr, so stdout is exactly the markdown report."""
     print(f"[audit_speed] {message}", file=sys.stderr, flush=True)
@@ -401,7 +285,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     timing = args.repeat >= MIN_REPEAT
     try:
-        paths = ensure_models(list(dict.fromkeys(args.models)), args.cache)
+        paths = ensure_models(list(dict.fromkeys(args.models)), args.cache, log)
         load_before = load_average()
         results, imports, helps = measure(paths, args.repeat)
         conditions = describe_conditions(load_before, load_average())
