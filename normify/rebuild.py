@@ -7,8 +7,15 @@ new symbolic tensors. Each layer is obtained according to its spec's status:
   original ones, untouched; with `share=False` it is recreated from its config and its
   variables are copied, so the result shares nothing with the caller's model;
 - modified: recreated from the edited config; variables carried from the original by
-  name (never by position);
-- inserted: created from its config, then initialized from `spec.init`.
+  name (never by position). With `share=True` the new layer adopts the original's
+  variable objects themselves (a loaded file's layers are ours alone), so a split
+  8192×8192 Dense costs no second kernel;
+- inserted: created from its config, its variables created with their `spec.init`
+  values.
+
+Recreated layers never run their initializers on variables whose values are known: a
+random kernel that is overwritten at once costs time and, for big layers, a second
+copy of the weights in memory (see `_Presets`).
 
 Nested models are rebuilt recursively when anything inside them changed; a Sequential
 stays a Sequential.
@@ -17,6 +24,8 @@ stays a Sequential.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -44,7 +53,10 @@ class RebuildError(NormifyError):
 def rebuild(graph: Graph, share: bool = True) -> Any:
     """A new `keras.Model` for `graph` (built from a live model by `graph.from_model`)."""
     builder = _Builder(share)
-    model = builder.model(graph)
+    try:
+        model = builder.model(graph)
+    finally:
+        builder.presets.uninstall()
     builder.initialize()
     return model
 
@@ -58,6 +70,7 @@ class _Builder:
         # (new layer, spec, owning graph) whose variables are set once everything is built
         self.pending: list[tuple[Any, LayerSpec, Graph]] = []
         self._unit_rsqrt_arguments: dict[int, np.ndarray] = {}
+        self.presets = _Presets()
 
     # -------------------------------------------------------------------------- models
 
@@ -147,8 +160,30 @@ class _Builder:
             new = _from_config(getattr(self.keras.layers, spec.class_name), spec.config)
         else:
             raise RebuildError(f"unknown status {spec.status!r} of layer {spec.name}")
+        self._preset(new, spec, graph)
         self.pending.append((new, spec, graph))
         return new
+
+    def _preset(self, new: Any, spec: LayerSpec, graph: Graph) -> None:
+        """Arrange for `new`'s own variables (not those of layers nested in it) to be
+        created with their final values when it builds."""
+        if spec.status == INSERTED:
+            values = {key: self._initial_value(value) for key, value in spec.init.items()}
+            self.presets.install(new, values)
+            return
+        if "fold" in spec.init:
+            return  # folded values are computed once everything is built
+        original = variables_by_key(spec.obj)
+        # Adopting variables is for share mode only: a copy must share nothing.
+        adopt = self.share and spec.status == MODIFIED and new.name == spec.obj.name
+        self.presets.install(new, original, adopt=adopt)
+
+    def _initial_value(self, value: Any) -> Any:
+        if isinstance(value, WeightFrom):
+            return find_variable(value.source.obj, value.variable)
+        if isinstance(value, IdentityVariance):
+            return _DeferredIdentityVariance(self, value.epsilon)
+        return value
 
     def _original(self, spec: LayerSpec) -> Any:
         if spec.obj is None:
@@ -158,14 +193,15 @@ class _Builder:
     # ----------------------------------------------------------------------- variables
 
     def initialize(self) -> None:
-        """Set the variables of every recreated, modified or inserted layer."""
+        """Set the variables of every recreated, modified or inserted layer that were not
+        created with their values (those of layers nested in them, folded values)."""
         for new, spec, graph in self.pending:
             if spec.status == INSERTED:
                 self._initialize_inserted(new, spec, graph)
             elif spec.status == KEPT:
-                copy_recreated_variables(spec.obj, new)
+                copy_recreated_variables(spec.obj, new, skip=self.presets.was_preset)
             else:
-                copy_variables(spec.obj, new, require_all=False)
+                copy_variables(spec.obj, new, require_all=False, skip=self.presets.was_preset)
                 fold = spec.init.get("fold")
                 if isinstance(fold, FoldedFrom):
                     _assign_folded(spec.obj, new, fold.batchnorm.obj)
@@ -181,17 +217,104 @@ class _Builder:
     def _initialize_inserted(self, new: Any, spec: LayerSpec, graph: Graph) -> None:
         for variable in new.weights:
             key = variable_key(new, variable)
-            if key not in spec.init:
+            if key not in spec.init or self.presets.was_preset(variable):
                 continue
-            value = spec.init[key]
-            if isinstance(value, WeightFrom):
-                value = find_variable(value.source.obj, value.variable).numpy()
-            elif isinstance(value, IdentityVariance):
-                targets = self._unit_rsqrt(int(np.prod(variable.shape)))
-                value = norms.identity_moving_variance(value.epsilon, targets)
-            variable.assign(
-                np.broadcast_to(np.asarray(value, dtype=variable.dtype), variable.shape)
-            )
+            value = self._initial_value(spec.init[key])
+            variable.assign(_value_for(value, variable.shape, variable.dtype))
+
+    def identity_variance(self, epsilon: float, shape: tuple[int, ...]) -> np.ndarray:
+        targets = self._unit_rsqrt(int(np.prod(shape)))
+        return norms.identity_moving_variance(epsilon, targets)
+
+
+@dataclass(frozen=True)
+class _DeferredIdentityVariance:
+    """An identity moving variance, computed once the variable's shape is known."""
+
+    builder: _Builder
+    epsilon: float
+
+
+def _value_for(value: Any, shape: Any, dtype: Any) -> Any:
+    """`value` (a variable, a deferred identity variance, a scalar or an array) as an
+    array of `shape` and `dtype`."""
+    shape = tuple(shape)
+    if isinstance(value, _DeferredIdentityVariance):
+        value = value.builder.identity_variance(value.epsilon, shape)
+    elif _is_variable(value):
+        if tuple(value.shape) != shape:
+            raise ValueError(f"variable {value.path} has shape {tuple(value.shape)}, not {shape}")
+        value = value.numpy()
+    return np.broadcast_to(np.asarray(value, dtype=dtype), shape)
+
+
+def _is_variable(value: Any) -> bool:
+    return hasattr(value, "path") and hasattr(value, "assign")
+
+
+class _Presets:
+    """Final variable values for layers about to build, handed to `Layer.add_weight`.
+
+    Keras creates a layer's variables in `build()` through `add_weight`, running the
+    initializer; normify would then overwrite them. Instead, a per-instance `add_weight`
+    replaces the initializer with the known value (or, when adopting, returns the
+    original variable object itself). Variables it does not know (other names, other
+    shapes, layers nested inside) are created as usual and set by `initialize()`.
+    """
+
+    def __init__(self) -> None:
+        self._installed: list[Any] = []
+        self._preset_ids: set[int] = set()
+
+    def install(self, layer: Any, values: dict[str, Any], adopt: bool = False) -> None:
+        if not values or getattr(layer, "built", False):
+            return
+        stock_add_weight = layer.add_weight
+        preset_ids = self._preset_ids
+
+        def add_weight(*args: Any, **kwargs: Any) -> Any:
+            value = values.get(kwargs.get("name"))
+            shape = kwargs.get("shape", args[0] if args else None)
+            if value is None or shape is None or len(args) > 1:  # positional initializer
+                return stock_add_weight(*args, **kwargs)
+            shape = tuple(int(size) for size in shape)
+            dtype = kwargs.get("dtype") or layer.variable_dtype
+            if adopt and _adoptable(value, shape, dtype):
+                layer._track_variable(value)
+                preset_ids.add(id(value))
+                return value
+            try:
+                initial = _value_for(value, shape, dtype)
+            except (TypeError, ValueError):  # a shape or dtype it cannot take: set later
+                return stock_add_weight(*args, **kwargs)
+            kwargs["initializer"] = lambda shape=None, dtype=None: initial
+            variable = stock_add_weight(*args, **kwargs)
+            preset_ids.add(id(variable))
+            return variable
+
+        # object.__setattr__: Keras' own __setattr__ would try to track the function.
+        object.__setattr__(layer, "add_weight", add_weight)
+        self._installed.append(layer)
+
+    def uninstall(self) -> None:
+        for layer in self._installed:
+            if "add_weight" in vars(layer):
+                object.__delattr__(layer, "add_weight")
+        self._installed.clear()
+
+    def was_preset(self, variable: Any) -> bool:
+        return id(variable) in self._preset_ids
+
+
+def _adoptable(value: Any, shape: tuple[int, ...], dtype: Any) -> bool:
+    from normify.backend import keras
+
+    return (
+        _is_variable(value)
+        and tuple(value.shape) == shape
+        and keras().backend.standardize_dtype(value.dtype)
+        == keras().backend.standardize_dtype(dtype)
+    )
 
 
 def _assign_folded(original: Any, new: Any, batchnorm: Any) -> None:
@@ -283,7 +406,9 @@ def find_variable(layer: Any, key: str) -> Any:
     return matches[0]
 
 
-def copy_recreated_variables(source: Any, target: Any) -> None:
+def copy_recreated_variables(
+    source: Any, target: Any, skip: Callable[[Any], bool] = lambda variable: False
+) -> None:
     """Copy all variables into an unchanged layer recreated from its own config.
 
     Matched by key where the keys agree. Some layers name their variables with Keras'
@@ -293,18 +418,25 @@ def copy_recreated_variables(source: Any, target: Any) -> None:
     """
     source_vars, target_vars = variables_by_key(source), variables_by_key(target)
     if set(source_vars) == set(target_vars):
-        copy_variables(source, target, require_all=True)
+        copy_variables(source, target, require_all=True, skip=skip)
         return
     if len(source.weights) != len(target.weights):
         raise RebuildError(f"layer {source.name}: variables differ after recreation")
     for original, variable in zip(source.weights, target.weights, strict=True):
         if tuple(original.shape) != tuple(variable.shape):
             raise RebuildError(f"layer {source.name}: variable shapes differ after recreation")
-        variable.assign(original.value)
+        if not skip(variable):
+            variable.assign(original.value)
 
 
-def copy_variables(source: Any, target: Any, require_all: bool) -> None:
-    """Copy every variable of `source` that `target` has under the same key, exactly."""
+def copy_variables(
+    source: Any,
+    target: Any,
+    require_all: bool,
+    skip: Callable[[Any], bool] = lambda variable: False,
+) -> None:
+    """Copy every variable of `source` that `target` has under the same key, exactly
+    (except those `skip` says already hold their value)."""
     source_vars = variables_by_key(source)
     target_vars = variables_by_key(target)
     if require_all and set(source_vars) != set(target_vars):
@@ -320,4 +452,5 @@ def copy_variables(source: Any, target: Any, require_all: bool) -> None:
                     f"layer {source.name}: variable {key} has shape {tuple(variable.shape)}, "
                     f"expected {tuple(original.shape)}"
                 )
-            variable.assign(original.value)
+            if not skip(variable):
+                variable.assign(original.value)
