@@ -301,25 +301,32 @@ def test_weights_start_with_the_stock_weights(name: str, use_bias: bool) -> None
     assert all(v.trainable for v in ours.weights)
 
 
+# float32 (what models run) within rtol 1e-5 plus atol 1e-6 for outputs near zero; and
+# float64, where only rounding separates the two and the agreement is to ~1e-12.
+TOLERANCES = {"float32": {"rtol": 1e-5, "atol": 1e-6}, "float64": {"rtol": 1e-10, "atol": 0}}
+
+
+@pytest.mark.parametrize("dtype", list(TOLERANCES))
 @pytest.mark.parametrize("name", KIND_NAMES)
-def test_one_step_matches_numpy_reference(name: str) -> None:
+def test_one_step_matches_numpy_reference(name: str, dtype: str) -> None:
     kind = KINDS[name]
     rng = np.random.default_rng(5)
-    x = rng.standard_normal((BATCH, FEATURES)).astype("float32")
-    states = initial_states(name)
-    cell = kind.cell(UNITS, **kind.kwargs)
+    x = rng.standard_normal((BATCH, FEATURES)).astype(dtype)
+    states = [state.astype(dtype) for state in initial_states(name)]
+    cell = kind.cell(UNITS, dtype=dtype, **kind.kwargs)
     cell.build((None, FEATURES))
     randomize(cell)
     output, new_states = cell(x, states)
+    assert output.dtype == dtype
     weights = named_weights(cell)
     expected_output, expected_states = np_step(
         name, weights, x.astype("float64"), [s.astype("float64") for s in states], 1e-3
     )
-    np.testing.assert_allclose(np.asarray(output), expected_output, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(output), expected_output, **TOLERANCES[dtype])
     for state, expected in zip(new_states, expected_states, strict=True):
-        np.testing.assert_allclose(np.asarray(state), expected, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(np.asarray(state), expected, **TOLERANCES[dtype])
     # The normalization changes the function: the stock step differs.
-    stock = kind.stock_cell(UNITS, **kind.kwargs)
+    stock = kind.stock_cell(UNITS, dtype=dtype, **kind.kwargs)
     stock.build((None, FEATURES))
     stock.set_weights(cell.get_weights()[: len(stock.weights)])
     stock_output, _ = stock(x, states)
@@ -620,7 +627,7 @@ def test_short_training_run_lowers_the_loss(name: str) -> None:
     history = model.fit(x, y, epochs=60, batch_size=64, verbose=0, shuffle=False)
     losses = history.history["loss"]
     assert np.all(np.isfinite(losses))
-    assert losses[-1] < 0.4 * losses[0], losses
+    assert losses[-1] < 0.1 * losses[0], losses
 
 
 # --------------------------------------------------------------------------------------
