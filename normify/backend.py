@@ -8,9 +8,11 @@ pointed at a temporary file, which is replayed only if the import fails.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import tempfile
+from collections.abc import Iterator
 from types import ModuleType
 
 _keras: ModuleType | None = None
@@ -64,3 +66,23 @@ def _silence_absl() -> None:
 
     logging.getLogger("absl").setLevel(logging.ERROR)
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
+
+
+@contextlib.contextmanager
+def deep_recursion(layers: int) -> Iterator[None]:
+    """Room for Keras to walk a model of `layers` layers.
+
+    Keras builds a functional graph recursively, about one Python call per chained layer,
+    so a model of a little over 1000 chained layers exceeds Python's default limit
+    (RecursionError) when it is loaded or rebuilt. The limit is raised for the duration
+    of such a Keras call only, in proportion to a model normify has already read, never
+    around parsing untrusted input (where C recursion would then overflow the stack).
+    """
+    needed = 1000 + 10 * layers
+    previous = sys.getrecursionlimit()
+    if needed > previous:
+        sys.setrecursionlimit(needed)
+    try:
+        yield
+    finally:
+        sys.setrecursionlimit(previous)

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from normify import legacy
+from normify.backend import deep_recursion
 from normify.errors import ModelLoadError, NormifyError, OutputError
 
 KERAS = "keras"
@@ -455,9 +456,35 @@ def load_model(
     from normify.backend import keras
 
     request = _LoadRequest(keras(), path, file_format, config, safe_mode, custom_objects)
-    if legacy.is_keras2_version(saved_keras_version(path, file_format)):
-        return _load_keras2_file(request)
-    return _load_keras3_file(request)
+    with deep_recursion(count_layers(config)):
+        if legacy.is_keras2_version(saved_keras_version(path, file_format)):
+            return _load_keras2_file(request)
+        return _load_keras3_file(request)
+
+
+def count_live_layers(model: Any) -> int:
+    """How many layers a live model holds, nested models included."""
+    count, pending = 0, [model]
+    while pending:
+        layers = getattr(pending.pop(), "layers", None) or []
+        count += len(layers)
+        pending.extend(layers)
+    return count
+
+
+def count_layers(config: Any) -> int:
+    """How many layer entries a serialized model holds, nested models included."""
+    count, pending = 0, [config]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, dict):
+            layers = item.get("layers")
+            if isinstance(layers, list):
+                count += len(layers)
+            pending.extend(value for value in item.values() if isinstance(value, (dict, list)))
+        elif isinstance(item, list):
+            pending.extend(value for value in item if isinstance(value, (dict, list)))
+    return count
 
 
 @dataclass
@@ -769,7 +796,7 @@ def save_model(model: Any, output: str | os.PathLike[str]) -> Path:
 
 
 def _keras_save(model: Any, path: Path) -> None:
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), deep_recursion(count_live_layers(model)):
         warnings.simplefilter("ignore")
         model.save(path)
 
@@ -806,7 +833,7 @@ def _check_loads(path: Path, safe_mode: bool, custom_objects: dict[str, Any] | N
     from normify.backend import keras
 
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), deep_recursion(count_layers(read_config(path))):
             warnings.simplefilter("ignore")
             keras().saving.load_model(
                 path, compile=False, safe_mode=safe_mode, custom_objects=custom_objects

@@ -43,6 +43,7 @@ from normify.graph import (
     TensorRef,
     WeightFrom,
     map_leaves,
+    walk_layers,
 )
 
 
@@ -52,9 +53,12 @@ class RebuildError(NormifyError):
 
 def rebuild(graph: Graph, share: bool = True) -> Any:
     """A new `keras.Model` for `graph` (built from a live model by `graph.from_model`)."""
+    from normify.backend import deep_recursion
+
     builder = _Builder(share)
     try:
-        model = builder.model(graph)
+        with deep_recursion(sum(1 for _ in walk_layers(graph))):
+            model = builder.model(graph)
     finally:
         builder.presets.uninstall()
     builder.initialize()

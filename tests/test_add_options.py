@@ -255,3 +255,40 @@ def test_dry_run_plan_from_the_file_equals_what_add_does():
         done = normify.add(FIXTURES / name).report
         assert planned.insertions == done.insertions
         assert planned.skipped == done.skipped
+
+
+def test_a_chain_deeper_than_the_default_recursion_limit_is_added_and_saved(tmp_path):
+    """Keras builds functional graphs recursively; a 1100-layer chain exceeds Python's
+    default limit (1000) unless normify makes room around its Keras calls."""
+    import sys
+
+    from helpers import run_cli
+
+    depth = 1100
+    previous = sys.getrecursionlimit()
+    sys.setrecursionlimit(20_000)  # only to build the test model
+    try:
+        inputs = keras.Input((2,), name="x")
+        x = inputs
+        for _ in range(depth):
+            x = layers.Dense(2)(x)
+        model = keras.Model(inputs, x)
+        path = tmp_path / "deep.keras"
+        model.save(path)
+    finally:
+        sys.setrecursionlimit(previous)
+    out = tmp_path / "deep.normified.keras"
+    result = run_cli("add", str(path), "-o", str(out))
+    assert result.exit_code == 0, result.output
+    assert sys.getrecursionlimit() == previous  # raised for the Keras calls only
+    assert f"{depth - 1} norm layer(s) inserted" in result.output
+    x_data = np.random.default_rng(0).standard_normal((4, 2)).astype("float32")
+    sys.setrecursionlimit(20_000)
+    try:
+        rewritten = keras.saving.load_model(out)
+    finally:
+        sys.setrecursionlimit(previous)
+    assert len(rewritten.layers) == 1 + depth + (depth - 1)  # input, Dense, inserted BN
+    np.testing.assert_allclose(
+        rewritten.predict(x_data, verbose=0), model.predict(x_data, verbose=0), rtol=1e-5, atol=1e-6
+    )
