@@ -487,9 +487,12 @@ def _open(model_or_path: ModelOrPath, safe_mode: bool, custom_objects: Any) -> _
     notices: list[str] = []
     if isinstance(model_or_path, (str, os.PathLike)):
         # A model normify cannot rewrite is refused from its config, before Keras loads it.
-        config_graph = graphs.from_config(io.read_config(model_or_path), source=model_or_path)
+        config = io.read_config(model_or_path)
+        config_graph = graphs.from_config(config, source=model_or_path)
         _require_rewritable(config_graph, str(model_or_path))
-        loaded = io.load_model(model_or_path, safe_mode=safe_mode, custom_objects=custom_objects)
+        loaded = io.load_model(
+            model_or_path, safe_mode=safe_mode, custom_objects=custom_objects, config=config
+        )
         model, share, name = loaded.model, True, str(loaded.path)
         notices.extend(loaded.notices)
     else:

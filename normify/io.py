@@ -443,8 +443,12 @@ def load_model(
     *,
     safe_mode: bool = True,
     custom_objects: dict[str, Any] | None = None,
+    config: dict[str, Any] | None = None,
 ) -> LoadedModel:
     """Load a `.keras` or `.h5` model with Keras, turning every failure into one line.
+
+    `config` is the file's config as `read_config` returned it, when the caller has it
+    already (reading and checking it again costs a few tens of milliseconds).
 
     A file written by Keras 2 (its keras_version says so, or Keras 3 rejects a config
     with Keras 2 traits) is loaded through `normify.legacy`: its config is repaired for
@@ -452,7 +456,8 @@ def load_model(
     """
     path = Path(path)
     file_format = detect_format(path)
-    config = read_config(path)  # checks the archive and config before Keras sees them
+    if config is None:
+        config = read_config(path)  # checks the archive and config before Keras sees them
     from normify.backend import keras
 
     request = _LoadRequest(keras(), path, file_format, config, safe_mode, custom_objects)

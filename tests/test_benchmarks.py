@@ -111,3 +111,29 @@ def test_fold_speed_smoke() -> None:
     assert completed.returncode == 0, completed.stderr
     assert "| tiny | 8 | 2 / 0 / 0 |" in completed.stdout  # both BNs folded away
     assert "SKIP (smoke)" in completed.stdout
+
+
+def test_rewrite_overhead_smoke(tmp_path: Path) -> None:
+    completed = subprocess.run(
+        [
+            sys.executable,
+            str(BENCHMARKS / "rewrite_overhead.py"),
+            "--models",
+            "tiny",
+            "--repeat",
+            "1",
+            "--cache",
+            str(tmp_path / "cache"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert completed.returncode == 0, completed.stderr
+    out = completed.stdout
+    assert "| model | norms inserted | `normify add` median (s) |" in out
+    assert "| tiny (" in out and "| 1 |" in out  # the tiny model's hidden Dense gets a norm
+    for part in ("load (Keras)", "plan", "rebuild", "save", "**total in process**"):
+        assert f"| tiny | {part} |" in out
+    assert "Timing targets not judged" in out
+    assert "- FAIL" not in out
