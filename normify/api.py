@@ -20,9 +20,10 @@ from normify import io
 from normify.audit import AuditReport, audit_graph
 from normify.errors import NormifyError, UnsupportedModelError
 from normify.flow import build_flow
+from normify.incell import POSITION as IN_CELL_POSITION
 from normify.passes.add import Insertion, add_norms
 from normify.passes.edit import Kept
-from normify.rules import Decision, Rules, decide
+from normify.rules import IN_CELL, Decision, Rules, decide
 from normify.verify import VerifyReport, verify
 
 ModelOrPath = Any  # keras.Model | str | os.PathLike
@@ -196,7 +197,9 @@ def add(
     calibration = _calibration_data(
         data, source.model, batch_size, max_samples, quiet, "calibrating inserted norms"
     )
-    paths = [insertion.name for insertion in insertions]
+    # A converted recurrent layer's norms start at gamma 1, beta 0: there are no moving
+    # statistics to calibrate inside a cell.
+    paths = [insertion.name for insertion in insertions if insertion.position != IN_CELL_POSITION]
     if init != "identity" and paths:
         from normify.calibrate import initialize_from_data
 
@@ -205,7 +208,15 @@ def add(
         else:
             _fresh_without_data(model, paths)
     inexact = [i for i in insertions if not i.exact] if init == "identity" else insertions
-    not_identity = sorted({i.norm_class for i in insertions if i.norm != "batchnorm"})
+    not_identity = sorted(
+        {i.norm_class for i in insertions if i.norm not in ("batchnorm", IN_CELL)}
+    )
+    if any(i.position == IN_CELL_POSITION for i in insertions):
+        report.notices.append(
+            "layer normalization inside a recurrent cell cannot start as an identity: "
+            "predictions change until retraining (see drift); loading the result needs "
+            "normify installed (import normify registers its layers with Keras)"
+        )
     if init == "fresh":
         report.notices.append(
             "--init fresh is not an identity at inference: predictions change until "

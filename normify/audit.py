@@ -9,12 +9,13 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from normify import kinds
+from normify import incell, kinds
 from normify.flow import Flow, build_flow
 from normify.graph import Graph, opaque_parts, walk_layers
 
 PRE = "pre-activation"
 POST = "post-activation"
+IN_CELL_REQUIREMENT = "layernorm-cell"  # `--require rnn=layernorm-cell`: normalized in-cell
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,8 @@ class AuditReport:
                 continue
             if required == "any":
                 ok = row.normalized
+            elif required == IN_CELL_REQUIREMENT:
+                ok = row.normalized and row.position == incell.POSITION
             else:
                 ok = row.normalized and row.norm == kinds.NORM_NAMES[required]
             if not ok:
@@ -117,6 +120,11 @@ def audit_rows(graph: Graph, flow: Flow | None = None) -> list[AuditRow]:
         spec = sites[0].spec
         if spec.kind not in kinds.TARGET_KINDS:
             continue
+        if spec.kind == kinds.RNN and incell.normalized_in_cell(
+            spec.class_name, spec.module, spec.config
+        ):
+            rows.append(_in_cell_row(path, spec, flow, sites))
+            continue
         findings = [flow.norm_after(site) for site in sites]
         normalized = all(finding is not None for finding in findings)
         first = findings[0] if normalized else None
@@ -143,6 +151,22 @@ def audit_rows(graph: Graph, flow: Flow | None = None) -> list[AuditRow]:
             )
         )
     return rows
+
+
+def _in_cell_row(path: str, spec: Any, flow: Flow, sites: list[Any]) -> AuditRow:
+    """A recurrent layer normalized inside its cell is its own norm layer."""
+    return AuditRow(
+        path=path,
+        class_name=spec.class_name,
+        kind=spec.kind,
+        activation=kinds.activation_name(spec.class_name, spec.config),
+        normalized=True,
+        norm=incell.NORM_CLASS,
+        norm_layer=path,
+        position=incell.POSITION,
+        output=any(flow.reaches_output(site) for site in sites),
+        calls=len(sites),
+    )
 
 
 def _norm_layer_counts(graph: Graph) -> dict[str, int]:

@@ -25,8 +25,13 @@ EXIT_VIOLATION = 1
 EXIT_ERROR = 2
 
 NORM_CHOICE = click.Choice(["batchnorm", "layernorm", "groupnorm", "rmsnorm", "none"])
+RNN_NORM_CHOICE = click.Choice(
+    ["batchnorm", "layernorm", "layernorm-cell", "groupnorm", "rmsnorm", "none"]
+)
 SWAP_CHOICE = click.Choice(["batchnorm", "layernorm", "groupnorm", "rmsnorm"])
-REQUIRE_NORMS = ("batchnorm", "layernorm", "groupnorm", "rmsnorm", "unitnorm", "any")
+REQUIRE_NORMS = (
+    "batchnorm", "layernorm", "layernorm-cell", "groupnorm", "rmsnorm", "unitnorm", "any"
+)  # fmt: skip
 
 
 def _fail(message: str) -> None:
@@ -87,6 +92,8 @@ def _parse_requirements(values: tuple[str, ...]) -> dict[str, str]:
                 f"--require {value!r}: expected KIND=NORM with KIND one of dense, conv, rnn "
                 f"and NORM one of {', '.join(REQUIRE_NORMS)}"
             )
+        if norm == "layernorm-cell" and kind != "rnn":
+            raise NormifyError(f"--require {value!r}: layernorm-cell applies to rnn layers only")
         requirements[kind] = norm
     return requirements
 
@@ -346,10 +353,12 @@ def _output_and_loading(locals_: dict[str, Any]) -> dict[str, Any]:
 )
 @click.option(
     "--rnn",
-    type=NORM_CHOICE,
+    type=RNN_NORM_CHOICE,
     default="layernorm",
     show_default=True,
-    help="Norm after recurrent layers (always after their output).",
+    help="Norm after recurrent layers (always after their output), or layernorm-cell: "
+    "replace LSTM, GRU and SimpleRNN layers by layer-normalized ones (normalization "
+    "inside the cell; loading the result needs normify installed).",
 )
 @click.option(
     "--position",
@@ -453,6 +462,12 @@ def _print_add_report(report: Any, as_json: bool, dry_run: bool) -> None:
         click.echo(json.dumps(payload, indent=2))
         return
     for insertion in report.insertions:
+        if insertion.position == "in-cell":
+            click.echo(
+                f"convert {insertion.target} to {insertion.norm_class} (layer normalization "
+                f"in the cell){_layer_drift_text(report.layer_drift.get(insertion.name))}"
+            )
+            continue
         extra = []
         if insertion.activation_layer:
             extra.append(f"activation moved to {insertion.activation_layer}")

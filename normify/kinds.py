@@ -56,6 +56,7 @@ SHAPE_KEEPING_CLASSES = frozenset(
     }
 )  # fmt: skip
 MODEL_CLASSES = frozenset({"Functional", "Sequential", "Model"})
+_LAYER_NORMALIZED_RNN_CLASSES = frozenset({"LayerNormLSTM", "LayerNormGRU", "LayerNormSimpleRNN"})
 LINEAR_ACTIVATIONS = frozenset({None, "linear", "identity"})
 
 # Short names used on the command line and in reports.
@@ -79,6 +80,8 @@ def classify(class_name: str, module: str | None, config: dict[str, Any]) -> str
         return INPUT
     if module is not None and module.startswith("keras.src.ops"):
         return OP
+    if module == "normify.cells" and class_name in _LAYER_NORMALIZED_RNN_CLASSES:
+        return RNN  # normify's own layer-normalized recurrent layers
     if not is_builtin(module):
         return OTHER
     if class_name in MODEL_CLASSES:

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from normify import kinds, norms
+from normify import incell, kinds, norms
 from normify.errors import NormifyError
 from normify.graph import (
     INSERTED,
@@ -159,7 +159,7 @@ class _Builder:
                 # nothing to share: reuse it.
                 return original
         elif spec.status == MODIFIED:
-            new = _from_config(type(self._original(spec)), spec.config)
+            new = _from_config(self._modified_class(spec), spec.config)
         elif spec.status == INSERTED:
             new = _from_config(getattr(self.keras.layers, spec.class_name), spec.config)
         else:
@@ -188,6 +188,20 @@ class _Builder:
         if isinstance(value, IdentityVariance):
             return _DeferredIdentityVariance(self, value.epsilon)
         return value
+
+    def _modified_class(self, spec: LayerSpec) -> Any:
+        """The original layer's class, or the class a pass converted it to."""
+        original = type(self._original(spec))
+        if spec.class_name == original.__name__:
+            return original
+        if spec.module == incell.MODULE:
+            from normify import cells
+
+            return getattr(cells, spec.class_name)
+        found = getattr(self.keras.layers, spec.class_name, None)
+        if found is None:
+            raise RebuildError(f"cannot recreate layer {spec.name}: no class {spec.class_name}")
+        return found
 
     def _original(self, spec: LayerSpec) -> Any:
         if spec.obj is None:

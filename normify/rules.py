@@ -8,12 +8,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
-from normify import kinds, norms
+from normify import incell, kinds, norms
 from normify.errors import NormifyError
 from normify.flow import Flow
-from normify.graph import Graph, opaque_parts
+from normify.graph import Graph, LayerSpec, opaque_parts
 
 NORM_CHOICES = ("batchnorm", "layernorm", "groupnorm", "rmsnorm", "none")
+IN_CELL = "layernorm-cell"  # recurrent layers only: layer normalization inside the cell
 POSITIONS = ("pre", "post")
 
 
@@ -31,10 +32,10 @@ class Rules:
 
     def __post_init__(self) -> None:
         for kind in kinds.TARGET_KINDS:
-            if getattr(self, kind) not in NORM_CHOICES:
+            choices = (*NORM_CHOICES, IN_CELL) if kind == kinds.RNN else NORM_CHOICES
+            if getattr(self, kind) not in choices:
                 raise NormifyError(
-                    f"--{kind} must be one of {', '.join(NORM_CHOICES)}, "
-                    f"not {getattr(self, kind)!r}"
+                    f"--{kind} must be one of {', '.join(choices)}, not {getattr(self, kind)!r}"
                 )
         if self.position not in POSITIONS:
             raise NormifyError(f"position must be pre or post, not {self.position!r}")
@@ -89,6 +90,10 @@ def _skip_reason(path: str, sites: list, flow: Flow, rules: Rules) -> str | None
     reason = selected(path, rules.include, rules.exclude)
     if reason is not None:
         return reason
+    if spec.kind == kinds.RNN and incell.normalized_in_cell(
+        spec.class_name, spec.module, spec.config
+    ):
+        return f"already normalized in-cell ({incell.describe(spec.class_name, spec.config)})"
     findings = [flow.norm_after(site) for site in sites]
     normalized = [finding for finding in findings if finding is not None]
     if normalized and len(normalized) == len(findings):
@@ -96,6 +101,8 @@ def _skip_reason(path: str, sites: list, flow: Flow, rules: Rules) -> str | None
         return f"already normalized by {first.path} ({first.class_name})"
     if normalized:
         return f"partially normalized ({len(normalized)} of {len(findings)} calls); left alone"
+    if norm == IN_CELL:
+        return _in_cell_skip_reason(spec)
     if not rules.include_output and any(flow.reaches_output(site) for site in sites):
         return "output layer (pass --include-output to normalize it)"
     if not any(
@@ -109,6 +116,18 @@ def _skip_reason(path: str, sites: list, flow: Flow, rules: Rules) -> str | None
         )
     if _is_quantized(spec.config):
         return "quantized layer: normify does not rewrite quantized layers"
+    return None
+
+
+def _in_cell_skip_reason(spec: LayerSpec) -> str | None:
+    """Why a recurrent layer cannot get layer-normalized cells, or None. The output and
+    unused-output rules do not apply: nothing is appended after the layer."""
+    if _is_quantized(spec.config):
+        return "quantized layer: normify does not rewrite quantized layers"
+    try:
+        incell.to_layer_norm(spec.class_name, spec.config)
+    except incell.NotConvertible as error:
+        return str(error)
     return None
 
 

@@ -7,7 +7,9 @@ For each selected layer the pass edits the graph that owns it:
   the norm right after it (so before an Activation layer that follows it);
 - post-activation: the norm goes after the layer's own activation, or after the
   activation layer a linear layer feeds;
-- recurrent layers: the norm goes after the output sequence (output 0), never the states.
+- recurrent layers: the norm goes after the output sequence (output 0), never the states;
+  or, with `layernorm-cell`, the layer is replaced by its layer-normalized version
+  (normalization inside the cell, `normify.incell`).
 
 A BatchNormalization inserted directly after a linear op takes over its bias as `beta`
 (the layer gets `use_bias=False`), so nothing is lost and the bias is not duplicated.
@@ -21,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from normify import kinds, norms
+from normify import incell, kinds, norms
 from normify.audit import POST, PRE
 from normify.graph import (
     INSERTED,
@@ -36,7 +38,7 @@ from normify.graph import (
     node_id,
 )
 from normify.passes.edit import Editor, output_refs
-from normify.rules import Decision, Rules
+from normify.rules import IN_CELL, Decision, Rules
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,9 @@ def add_norms(
             continue
         owner_path, _, layer_name = decision.path.rpartition("/")
         owner = editor.graph_at(owner_path)
+        if decision.norm == IN_CELL:
+            insertions.append(_convert_in_cell(owner, layer_name, decision.path))
+            continue
         insertions.append(
             _insert(
                 owner,
@@ -215,6 +220,31 @@ def _insert(
         note=note,
         replaces=prefix_path + replaced_layer,
         chain_end=prefix_path + chain_end,
+    )
+
+
+def _convert_in_cell(graph: Graph, layer_name: str, path: str) -> Insertion:
+    """Replace a recurrent layer by its layer-normalized version, in place: same name,
+    same calls, the stock weights carried by key (see `normify.incell`)."""
+    spec = graph.layers[layer_name]
+    class_name, module, config = incell.to_layer_norm(spec.class_name, spec.config)
+    graph.layers[layer_name] = dataclasses.replace(
+        spec,
+        class_name=class_name,
+        module=module or spec.module,
+        config=config,
+        status=MODIFIED,
+    )
+    return Insertion(
+        target=path,
+        norm=IN_CELL,
+        norm_class=incell.describe(class_name, config),
+        position=incell.POSITION,
+        name=path,
+        axis=-1,
+        exact=False,
+        replaces=path,
+        chain_end=path,
     )
 
 
