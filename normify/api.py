@@ -326,18 +326,20 @@ def strip(
     """Remove norm layers (`kind`: batchnorm, layernorm, groupnorm, rmsnorm, unitnorm or
     all). A BatchNormalization directly after a linear layer is folded into it first, so
     inference is unchanged; every other removal's drift is reported."""
-    from normify.passes.strip import STRIP_KINDS, strip_norms
+    from normify.passes.strip import IN_CELL_KIND, STRIP_KINDS, strip_norms
 
-    if kind != "all" and kind not in STRIP_KINDS:
-        raise NormifyError(f"--kind must be one of {', '.join(STRIP_KINDS)} or all, not {kind!r}")
+    if kind not in (*STRIP_KINDS, IN_CELL_KIND, "all"):
+        choices = ", ".join((*STRIP_KINDS, IN_CELL_KIND))
+        raise NormifyError(f"--kind must be one of {choices} or all, not {kind!r}")
     source = _open(model_or_path, safe_mode, custom_objects)
     new_graph, removals, kept = strip_norms(source.graph, kind, tuple(include), tuple(exclude))
     model = _rebuild(source, new_graph, changed=bool(removals))
     report = RewriteReport("strip", source.name, removals, kept, notices=source.notices)
     if removals:
         calibration = _calibration_data(data, source.model, batch_size, max_samples)
-        inexact = [removal.path for removal in removals if not removal.exact]
-        _measure(report, source.model, model, calibration, inexact, "removed")
+        inexact = [r.path for r in removals if not r.exact and not r.in_cell]
+        converted = [r.path for r in removals if r.in_cell]
+        _measure(report, source.model, model, calibration, inexact, "removed", converted)
     return Result(model, report)
 
 
@@ -579,21 +581,28 @@ def _measure(
     calibration: Any,
     paths: list[str],
     mode: str,
+    converted: Iterable[str] = (),
 ) -> None:
-    """Output drift, and per-layer drift: for swaps the layer's output before and after,
-    for removals what the removed layer did (its output against its input)."""
+    """Output drift, and per-layer drift: for swaps (and layers converted in place) the
+    layer's output before and after, for removals what the removed layer did (its output
+    against its input)."""
     from normify.drift import output_drift, tensor_drift
 
     batches = _batches(calibration, original)
     report.drift = output_drift(original, model, batches, _source_label(calibration))
-    if not paths:
-        return
-    before = {path: (path, "output") for path in paths}
-    if mode == "output":
-        report.layer_drift = tensor_drift(original, before, model, before, batches)
-    else:
-        after = {path: (path, "input") for path in paths}
-        report.layer_drift = tensor_drift(original, before, original, after, batches)
+    if paths:
+        before = {path: (path, "output") for path in paths}
+        if mode == "output":
+            report.layer_drift = tensor_drift(original, before, model, before, batches)
+        else:
+            after = {path: (path, "input") for path in paths}
+            report.layer_drift = tensor_drift(original, before, original, after, batches)
+    if converted:
+        outputs = {path: (path, "output") for path in converted}
+        report.layer_drift = {
+            **report.layer_drift,
+            **tensor_drift(original, outputs, model, outputs, batches),
+        }
 
 
 def _require_rewritable(graph: graphs.Graph, name: str) -> None:

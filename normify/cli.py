@@ -533,6 +533,8 @@ def _describe(command: str, change: Any) -> str:
         return f"swap   {change.path}: {classes} (carried {carried})"
     if command == "fold":
         return f"fold   {change.batchnorm} into {change.into}"
+    if command == "strip" and change.in_cell:
+        return f"strip  {change.path} ({change.class_name}): back to stock cells"
     if command == "strip":
         how = f"folded into {change.folded_into}" if change.folded_into else "removed"
         return f"strip  {change.path} ({change.class_name}): {how}"
@@ -611,10 +613,13 @@ def swap(
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option(
     "--kind",
-    type=click.Choice(["batchnorm", "layernorm", "groupnorm", "rmsnorm", "unitnorm", "all"]),
+    type=click.Choice(
+        ["batchnorm", "layernorm", "layernorm-cell", "groupnorm", "rmsnorm", "unitnorm", "all"]
+    ),
     default="all",
     show_default=True,
-    help="Which norm layers to remove.",
+    help="Which norm layers to remove. Recurrent layers normalized in their cells "
+    "(layernorm-cell; also converted by layernorm and all) become stock layers again.",
 )
 @SELECTION_OPTIONS
 @_data_options(purpose=" (to measure the drift)")

@@ -219,7 +219,7 @@ class _Builder:
             elif spec.status == KEPT:
                 copy_recreated_variables(spec.obj, new, skip=self.presets.was_preset)
             else:
-                copy_variables(spec.obj, new, require_all=False, skip=self.presets.was_preset)
+                carry_variables(spec.obj, new, skip=self.presets.was_preset)
                 fold = spec.init.get("fold")
                 if isinstance(fold, FoldedFrom):
                     _assign_folded(spec.obj, new, fold.batchnorm.obj)
@@ -443,6 +443,46 @@ def copy_recreated_variables(
     for original, variable in zip(source.weights, target.weights, strict=True):
         if tuple(original.shape) != tuple(variable.shape):
             raise RebuildError(f"layer {source.name}: variable shapes differ after recreation")
+        if not skip(variable):
+            variable.assign(original.value)
+
+
+def carry_variables(
+    source: Any, target: Any, skip: Callable[[Any], bool] = lambda variable: False
+) -> None:
+    """Carry the variables of a layer into its modified version, by key.
+
+    A modified layer may have lost variables (a bias moved into a BatchNormalization,
+    norm parameters dropped by strip) or gained some (norm parameters of a converted
+    recurrent layer), never both: so every variable of one side must find its match, or
+    weights would be silently lost. Keys are relative to the layer; where Keras scoped a
+    nested cell's variables differently (`stacked_rnn_cells/lstm_cell/kernel` against
+    `lstm_cell/kernel` once rebuilt from a config), a unique suffix match decides.
+    """
+    source_vars, target_vars = variables_by_key(source), variables_by_key(target)
+    pairs = {key: key for key in target_vars if key in source_vars}
+    unmatched_sources = set(source_vars) - set(pairs.values())
+    for key in set(target_vars) - set(pairs):
+        found = [
+            other
+            for other in unmatched_sources
+            if other.endswith("/" + key) or key.endswith("/" + other)
+        ]
+        if len(found) == 1:
+            pairs[key] = found[0]
+            unmatched_sources.discard(found[0])
+    if unmatched_sources and len(pairs) < len(target_vars):
+        raise RebuildError(
+            f"layer {source.name}: cannot carry variables {sorted(unmatched_sources)} into "
+            f"its new version (which has {sorted(set(target_vars) - set(pairs))} unmatched)"
+        )
+    for key, source_key in pairs.items():
+        original, variable = source_vars[source_key], target_vars[key]
+        if tuple(original.shape) != tuple(variable.shape):
+            raise RebuildError(
+                f"layer {source.name}: variable {key} has shape {tuple(variable.shape)}, "
+                f"expected {tuple(original.shape)}"
+            )
         if not skip(variable):
             variable.assign(original.value)
 

@@ -680,11 +680,11 @@ def test_strip_all_folds_what_it_can_and_reports_the_drift_of_the_rest(partial_b
     result = normify.strip(original)
     assert [c.to_json() for c in result.report.changes] == [
         {"path": "batch_normalization", "class": "BatchNormalization",
-         "folded_into": "conv2d", "exact": True},
+         "folded_into": "conv2d", "exact": True, "in_cell": False},
         {"path": "batch_normalization_1", "class": "BatchNormalization",
-         "folded_into": None, "exact": False},
+         "folded_into": None, "exact": False, "in_cell": False},
         {"path": "layer_normalization", "class": "LayerNormalization",
-         "folded_into": None, "exact": False},
+         "folded_into": None, "exact": False, "in_cell": False},
     ]  # fmt: skip
     assert not result.report.kept and not norm_paths(result.model)
     assert set(result.report.layer_drift) == {"batch_normalization_1", "layer_normalization"}

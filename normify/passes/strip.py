@@ -5,6 +5,9 @@ does not change; every other removal changes predictions, and the API measures b
 much. When the removed norm sat between a linear layer and the `<layer>_act` Activation
 that `add` split off it, the activation goes back into the layer, so `strip` after `add`
 gives back the original structure.
+
+Recurrent layers normalized inside their cells (`add --rnn layernorm-cell`) are converted
+back to the stock layers, their norm parameters dropped.
 """
 
 from __future__ import annotations
@@ -14,12 +17,16 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from normify import kinds
+from normify import incell, kinds
 from normify.graph import MODIFIED, Graph, TensorRef, walk_layers
 from normify.passes.edit import Editor, Kept, consumers, output_refs, remove_node
 from normify.passes.fold import BATCHNORM_CLASSES, Fold, try_fold
 from normify.rules import selected
 
+# `strip --kind layernorm-cell` converts only recurrent layers normalized in their cells;
+# `layernorm` and `all` convert them too, beside removing LayerNormalization layers.
+IN_CELL_KIND = "layernorm-cell"
+IN_CELL_KINDS = ("all", "layernorm", IN_CELL_KIND)
 STRIP_KINDS = {
     "batchnorm": BATCHNORM_CLASSES,
     "layernorm": ("LayerNormalization",),
@@ -36,6 +43,8 @@ class Removal:
     path: str
     class_name: str
     folded_into: str | None = None
+    # a recurrent layer normalized in its cell, converted back to stock cells in place
+    in_cell: bool = False
 
     @property
     def exact(self) -> bool:
@@ -47,6 +56,7 @@ class Removal:
             "class": self.class_name,
             "folded_into": self.folded_into,
             "exact": self.exact,
+            "in_cell": self.in_cell,
         }
 
 
@@ -82,12 +92,50 @@ def strip_norms(
         removals.append(Removal(path, class_name))
         for producer in producers:
             _restore_activation(editor, producer)
+    if kind in IN_CELL_KINDS:
+        removals.extend(_to_stock_cells(editor, graph, include, exclude, kept))
     return editor.root, removals, kept
+
+
+def _to_stock_cells(
+    editor: Editor,
+    graph: Graph,
+    include: tuple[str, ...],
+    exclude: tuple[str, ...],
+    kept: list[Kept],
+) -> list[Removal]:
+    """Recurrent layers normalized in their cells become stock layers again (same name
+    and weights; the norm parameters are dropped)."""
+    converted = []
+    for path, spec, _ in walk_layers(graph):
+        if spec.kind != kinds.RNN or not incell.normalized_in_cell(
+            spec.class_name, spec.module, spec.config
+        ):
+            continue
+        reason = selected(path, include, exclude)
+        if reason is not None:
+            kept.append(Kept(path, reason))
+            continue
+        owner_path, _, name = path.rpartition("/")
+        owner = editor.graph_at(owner_path)
+        current = owner.layers[name]
+        class_name, module, config = incell.to_stock(
+            current.class_name, current.module, current.config
+        )
+        owner.layers[name] = dataclasses.replace(
+            current, class_name=class_name, module=module, config=config, status=MODIFIED
+        )
+        converted.append(
+            Removal(path, incell.describe(current.class_name, current.config), in_cell=True)
+        )
+    return converted
 
 
 def _classes(kind: str) -> tuple[str, ...]:
     if kind == "all":
         return tuple(name for names in STRIP_KINDS.values() for name in names)
+    if kind == IN_CELL_KIND:
+        return ()
     if kind not in STRIP_KINDS:
         raise ValueError(f"unknown norm kind {kind!r}")
     return STRIP_KINDS[kind]
