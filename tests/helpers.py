@@ -103,8 +103,11 @@ np.save(sys.argv[3], np.asarray(model.predict(np.load(sys.argv[2]), verbose=0)))
 """
 
 
-def predict_in_fresh_process(model_path: Any, inputs: np.ndarray, tmp_path: Any) -> np.ndarray:
-    """Load a saved model with plain Keras in a new Python process and predict."""
+def predict_in_fresh_process(
+    model_path: Any, inputs: np.ndarray, tmp_path: Any, import_normify: bool = False
+) -> np.ndarray:
+    """Load a saved model with plain Keras in a new Python process and predict (after
+    `import normify` when the model holds normify's own layers)."""
     import os
     import subprocess
     import sys
@@ -112,7 +115,8 @@ def predict_in_fresh_process(model_path: Any, inputs: np.ndarray, tmp_path: Any)
     np.save(tmp_path / "inputs.npy", inputs)
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     done = subprocess.run(
-        [sys.executable, "-c", PREDICT_SCRIPT, str(model_path), str(tmp_path / "inputs.npy"),
+        [sys.executable, "-c", ("import normify\n" if import_normify else "") + PREDICT_SCRIPT,
+         str(model_path), str(tmp_path / "inputs.npy"),
          str(tmp_path / "outputs.npy")],
         env=env, capture_output=True, text=True, timeout=240,
     )  # fmt: skip
