@@ -173,6 +173,14 @@ def _norm_layer_counts(graph: Graph) -> dict[str, int]:
     counts = Counter(
         spec.class_name for _, spec, _ in walk_layers(graph) if spec.kind == kinds.NORM
     )
+    in_cell = sum(
+        1
+        for _, spec, _ in walk_layers(graph)
+        if spec.kind == kinds.RNN
+        and incell.normalized_in_cell(spec.class_name, spec.module, spec.config)
+    )
+    if in_cell:
+        counts[f"{incell.NORM_CLASS} (in-cell)"] = in_cell
     return dict(sorted(counts.items()))
 
 

@@ -485,10 +485,19 @@ def _print_add_report(report: Any, as_json: bool, dry_run: bool) -> None:
         )
     for skip in report.skipped:
         click.echo(f"skip   {skip.path}: {skip.reason}")
-    _print_tail(report, len(report.insertions), "norm layer(s) inserted", dry_run)
+    converted = sum(1 for insertion in report.insertions if insertion.position == "in-cell")
+    inserted = len(report.insertions) - converted
+    what = "norm layer(s) inserted"
+    if converted:
+        what += f", {converted} recurrent layer(s) converted"
+    _print_tail(report, inserted, what, dry_run, changes=inserted + converted)
 
 
-def _print_tail(report: Any, count: int, what: str, dry_run: bool) -> None:
+def _print_tail(
+    report: Any, count: int, what: str, dry_run: bool, changes: int | None = None
+) -> None:
+    """Notices, drift, and the closing line `wrote OUT (count what)`; `changes` counts
+    every change when `count` is only one sort of them."""
     for notice in report.notices:
         click.echo(f"note: {notice}")
     line = _drift_line(report.drift)
@@ -496,7 +505,7 @@ def _print_tail(report: Any, count: int, what: str, dry_run: bool) -> None:
         click.echo(line)
     if dry_run:
         click.echo(f"dry run: {count} {what.replace('(s) ', '(s) would be ', 1)}; nothing written")
-    elif count == 0:
+    elif (count if changes is None else changes) == 0:
         click.echo(f"nothing to change; wrote an unchanged copy to {report.output}")
     else:
         click.echo(f"wrote {report.output} ({count} {what})")
