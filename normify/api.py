@@ -160,7 +160,10 @@ def add(
 
     Args:
         model_or_path: a `keras.Model`, or a path to a `.keras` or `.h5` file.
-        dense, conv, rnn: `batchnorm`, `layernorm`, `groupnorm`, `rmsnorm` or `none`.
+        dense, conv, rnn: `batchnorm`, `layernorm`, `groupnorm`, `rmsnorm` or `none`;
+            `rnn` also `layernorm-cell`: recurrent layers replaced by normify's
+            layer-normalized ones (`normify.cells`), weights carried; the result needs
+            normify to load.
         position: `pre` (between the linear op and its activation) or `post` (after the
             activation) for dense and conv layers; recurrent layers are always
             normalized after their output.
