@@ -48,20 +48,12 @@ from typing import Any
 import keras
 from keras import constraints, initializers, ops, regularizers
 
-_PACKAGE = "normify"
+# The names live in normify.incell, which rewrites configs without importing Keras;
+# NORM_ARGUMENTS and NORM_WEIGHT_NAMES are part of this module's public names too.
+from normify.incell import NORM_ARGUMENTS, NORM_WEIGHT_NAMES  # noqa: F401
+from normify.incell import PACKAGE as _PACKAGE
+from normify.incell import STOCK_TO_NORMALIZED as _NAMES
 
-NORM_WEIGHT_NAMES = frozenset({"input_gamma", "recurrent_gamma", "cell_gamma", "cell_beta"})
-# The constructor arguments these classes add to the stock ones, in config order.
-NORM_ARGUMENTS = (
-    "normalize",
-    "epsilon",
-    "gamma_initializer",
-    "beta_initializer",
-    "gamma_regularizer",
-    "beta_regularizer",
-    "gamma_constraint",
-    "beta_constraint",
-)
 # Cell config keys that belong to the cell as a Layer rather than to the recurrence; the
 # drop-in layers leave them out of their flat config, as the stock layers do.
 _CELL_LAYER_KEYS = ("name", "trainable", "dtype")
@@ -894,19 +886,7 @@ class LayerNormSimpleRNN(_LayerNormRNN):
         )
 
 
-STOCK_TO_NORMALIZED: dict[str, type] = {
-    "LSTM": LayerNormLSTM,
-    "GRU": LayerNormGRU,
-    "SimpleRNN": LayerNormSimpleRNN,
-    "LSTMCell": LayerNormLSTMCell,
-    "GRUCell": LayerNormGRUCell,
-    "SimpleRNNCell": LayerNormSimpleRNNCell,
-}
+STOCK_TO_NORMALIZED: dict[str, type] = {stock: globals()[ours] for stock, ours in _NAMES.items()}
 NORMALIZED_TO_STOCK: dict[str, type] = {
-    "LayerNormLSTM": keras.layers.LSTM,
-    "LayerNormGRU": keras.layers.GRU,
-    "LayerNormSimpleRNN": keras.layers.SimpleRNN,
-    "LayerNormLSTMCell": keras.layers.LSTMCell,
-    "LayerNormGRUCell": keras.layers.GRUCell,
-    "LayerNormSimpleRNNCell": keras.layers.SimpleRNNCell,
+    ours: getattr(keras.layers, stock) for stock, ours in _NAMES.items()
 }

@@ -477,14 +477,19 @@ def carry_variables(
             f"its new version (which has {sorted(set(target_vars) - set(pairs))} unmatched)"
         )
     for key, source_key in pairs.items():
-        original, variable = source_vars[source_key], target_vars[key]
-        if tuple(original.shape) != tuple(variable.shape):
-            raise RebuildError(
-                f"layer {source.name}: variable {key} has shape {tuple(variable.shape)}, "
-                f"expected {tuple(original.shape)}"
-            )
-        if not skip(variable):
-            variable.assign(original.value)
+        _assign_exactly(source.name, key, source_vars[source_key], target_vars[key], skip)
+
+
+def _assign_exactly(
+    layer_name: str, key: str, original: Any, variable: Any, skip: Callable[[Any], bool]
+) -> None:
+    if tuple(original.shape) != tuple(variable.shape):
+        raise RebuildError(
+            f"layer {layer_name}: variable {key} has shape {tuple(variable.shape)}, "
+            f"expected {tuple(original.shape)}"
+        )
+    if not skip(variable):
+        variable.assign(original.value)
 
 
 def copy_variables(
@@ -504,11 +509,4 @@ def copy_variables(
         )
     for key, variable in target_vars.items():
         if key in source_vars:
-            original = source_vars[key]
-            if tuple(original.shape) != tuple(variable.shape):
-                raise RebuildError(
-                    f"layer {source.name}: variable {key} has shape {tuple(variable.shape)}, "
-                    f"expected {tuple(original.shape)}"
-                )
-            if not skip(variable):
-                variable.assign(original.value)
+            _assign_exactly(source.name, key, source_vars[key], variable, skip)
