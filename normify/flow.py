@@ -81,21 +81,26 @@ class Flow:
                     frontier.append((consumer_key, 0))
         return False
 
-    def mask_reaches(self, site: CallSite) -> bool:
-        """Whether a mask may flow into this call site (a mask_zero Embedding or Masking)."""
-        seen: set[str] = set()
-        frontier = [site.key]
-        while frontier:
-            key = frontier.pop()
-            for producer_key, _ in self.sites[key].inputs:
-                if producer_key in seen:
-                    continue
-                seen.add(producer_key)
+    def masked_sites(self) -> set[str]:
+        """The keys of the call sites a mask may flow into: those downstream of a
+        mask_zero Embedding or a Masking layer, through any layers.
+
+        One pass over the sites, which are in topological order (each graph's nodes are,
+        and a nested model's sites are inlined where it is called), so asking about every
+        site costs as much as asking about one: no walk back from each site.
+        """
+        masked: set[str] = set()
+        for key, site in self.sites.items():
+            for producer_key, _ in site.inputs:
                 producer = self.sites[producer_key].spec
-                if producer.class_name == "Masking" or producer.config.get("mask_zero"):
-                    return True
-                frontier.append(producer_key)
-        return False
+                if (
+                    producer_key in masked
+                    or producer.class_name == "Masking"
+                    or producer.config.get("mask_zero")
+                ):
+                    masked.add(key)
+                    break
+        return masked
 
 
 def build_flow(graph: Graph) -> Flow:

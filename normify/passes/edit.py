@@ -23,9 +23,12 @@ class Kept:
 class Editor:
     """Edits a copy of a graph; nested graphs are copied the first time they are touched.
 
-    For passes that splice many chains in (`add` on a model of thousands of layers), the
-    editor keeps per-graph indexes of calls and readers and puts spliced nodes in order
-    once, in `finish()`, so each splice costs what it touches, not the whole graph.
+    Passes edit models of thousands of layers (`add` splices a chain in after every dense
+    layer, `strip` and `fold` take one node out per norm), so every edit must cost what it
+    touches, not the whole graph: the editor keeps per-graph indexes of calls and readers,
+    which `splice` and `remove` keep up to date, and puts spliced nodes in order once, in
+    `finish()`. Passes look calls and readers up here rather than scan `graph.nodes` for
+    each layer they edit.
     """
 
     def __init__(self, graph: Graph) -> None:
@@ -33,12 +36,17 @@ class Editor:
         self.taken = all_layer_names(graph)
         self._copied: set[str] = {""}
         self._calls: dict[int, dict[str, list[Node]]] = {}
-        self._readers: dict[int, dict[TensorRef, list[str]]] = {}
+        # reader node ids of each tensor, as ordered sets (dicts): graph order, then the
+        # readers an edit redirected to it
+        self._readers: dict[int, dict[TensorRef, dict[str, None]]] = {}
         self._after: dict[int, dict[str, list[Node]]] = {}
         self._graphs: dict[int, Graph] = {}
 
     def calls(self, graph: Graph, layer: str) -> list[Node]:
-        """The calls of `layer` in `graph` (indexed)."""
+        """The calls of `layer` in `graph`, in graph order (indexed; a new list)."""
+        return list(self._calls_index(graph).get(layer, ()))
+
+    def _calls_index(self, graph: Graph) -> dict[str, list[Node]]:
         index = self._calls.get(id(graph))
         if index is None:
             index = {}
@@ -46,19 +54,22 @@ class Editor:
                 index.setdefault(node.layer, []).append(node)
             self._calls[id(graph)] = index
             self._graphs[id(graph)] = graph
-        return index.get(layer, [])
+        return index
 
     def readers(self, graph: Graph, ref: TensorRef) -> list[Node]:
         """The nodes that read `ref` (indexed)."""
+        return [graph.nodes[node_id] for node_id in self._readers_index(graph).get(ref, ())]
+
+    def _readers_index(self, graph: Graph) -> dict[TensorRef, dict[str, None]]:
         index = self._readers.get(id(graph))
         if index is None:
             index = {}
             for node in graph.nodes.values():
-                for source in dict.fromkeys(node.inputs):
-                    index.setdefault(source, []).append(node.id)
+                for source in node.inputs:
+                    index.setdefault(source, {})[node.id] = None
             self._readers[id(graph)] = index
             self._graphs[id(graph)] = graph
-        return [graph.nodes[node_id] for node_id in index.get(ref, [])]
+        return index
 
     def splice(self, graph: Graph, source: TensorRef, chain: list[Node], last: TensorRef) -> None:
         """Insert `chain` after `source`'s node and make every reader of `source` read
@@ -70,10 +81,10 @@ class Editor:
             reader.kwargs = map_leaves(swap, reader.kwargs)
         graph.outputs = map_leaves(swap, graph.outputs)
         index = self._readers[id(graph)]
-        index[last] = [reader.id for reader in readers]
-        index[source] = [chain[0].id]
+        index[last] = dict.fromkeys(reader.id for reader in readers)
+        index[source] = {chain[0].id: None}
         for node, following in zip(chain, chain[1:], strict=False):
-            index[TensorRef(node.id, 0)] = [following.id]
+            index[TensorRef(node.id, 0)] = {following.id: None}
         calls = self._calls.get(id(graph))
         for node in chain:
             graph.nodes[node.id] = node
@@ -81,6 +92,36 @@ class Editor:
                 calls.setdefault(node.layer, []).append(node)
         self._after.setdefault(id(graph), {}).setdefault(source.node, []).extend(chain)
         self._graphs[id(graph)] = graph
+
+    def remove(self, graph: Graph, node_id: str) -> None:
+        """Take a single-input, shape-keeping node out: its readers read its input instead.
+        The layer goes too once none of its calls remain. Costs what the node touches (its
+        readers, the calls of its layer), not the whole graph."""
+        if self._after.get(id(graph)):
+            self.settle(graph)  # spliced nodes are not in order yet: place them first
+        node = graph.nodes[node_id]
+        source = node.data_input
+        assert source is not None, f"{node_id} does not read exactly one tensor"
+        output = TensorRef(node_id, 0)
+        readers = self.readers(graph, output)
+        swap = _swapper(output, source)
+        for reader in readers:
+            reader.args = map_leaves(swap, reader.args)
+            reader.kwargs = map_leaves(swap, reader.kwargs)
+        graph.outputs = map_leaves(swap, graph.outputs)
+        index = self._readers[id(graph)]
+        for ref in node.inputs:
+            index.get(ref, {}).pop(node_id, None)
+        index.pop(output, None)
+        index.setdefault(source, {}).update(dict.fromkeys(reader.id for reader in readers))
+        del graph.nodes[node_id]
+        calls = self._calls_index(graph)
+        remaining = [call for call in calls.get(node.layer, ()) if call.id != node_id]
+        if remaining:
+            calls[node.layer] = remaining
+        else:
+            calls.pop(node.layer, None)
+            del graph.layers[node.layer]
 
     def finish(self) -> Graph:
         """Put every spliced chain right after the node it follows; the edited root."""
@@ -136,34 +177,8 @@ def output_refs(graph: Graph) -> list[TensorRef]:
     return tensor_refs(graph.outputs)
 
 
-def consumers(graph: Graph, ref: TensorRef) -> list[Node]:
-    return [node for node in graph.nodes.values() if ref in node.inputs]
-
-
 def _swapper(old: TensorRef, new: TensorRef) -> Any:
     def swap(value: Any) -> Any:
         return new if value == old else value
 
     return swap
-
-
-def _redirect(graph: Graph, old: TensorRef, new: TensorRef, skip: set[str]) -> None:
-    swap = _swapper(old, new)
-
-    for node in graph.nodes.values():
-        if node.id not in skip and old in node.inputs:
-            node.args = map_leaves(swap, node.args)
-            node.kwargs = map_leaves(swap, node.kwargs)
-    graph.outputs = map_leaves(swap, graph.outputs)
-
-
-def remove_node(graph: Graph, node_id: str) -> None:
-    """Take a single-input, shape-keeping node out: its consumers read its input instead.
-    The layer goes too once none of its calls remain."""
-    node = graph.nodes[node_id]
-    source = node.data_input
-    assert source is not None, f"{node_id} does not read exactly one tensor"
-    _redirect(graph, TensorRef(node_id, 0), source, skip={node_id})
-    del graph.nodes[node_id]
-    if not graph.nodes_of(node.layer):
-        del graph.layers[node.layer]

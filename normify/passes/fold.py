@@ -15,7 +15,7 @@ from typing import Any
 from normify import kinds, norms
 from normify.folding import fold_reason, folded_config
 from normify.graph import MODIFIED, FoldedFrom, Graph, LayerSpec, walk_layers
-from normify.passes.edit import Editor, Kept, consumers, output_refs, remove_node
+from normify.passes.edit import Editor, Kept, output_refs
 from normify.rules import selected
 
 BATCHNORM_CLASSES = ("BatchNormalization", "SyncBatchNormalization")
@@ -75,7 +75,7 @@ def try_fold(editor: Editor, path: str) -> Fold | str:
     """Fold the BatchNormalization at `path` into its producer, or say why it cannot."""
     owner_path, _, name = path.rpartition("/")
     graph = editor.graph_at(owner_path)
-    reason_or_producer = _foldable_producer(graph, name, is_top=graph is editor.root)
+    reason_or_producer = _foldable_producer(editor, graph, name)
     if isinstance(reason_or_producer, str):
         return reason_or_producer
     producer = reason_or_producer
@@ -86,13 +86,13 @@ def try_fold(editor: Editor, path: str) -> Fold | str:
         status=MODIFIED,
         init={**producer.init, "fold": FoldedFrom(batchnorm)},
     )
-    for node in graph.nodes_of(name):
-        remove_node(graph, node.id)
+    for node in editor.calls(graph, name):
+        editor.remove(graph, node.id)
     prefix = f"{owner_path}/" if owner_path else ""
     return Fold(path, prefix + producer.name)
 
 
-def _foldable_producer(graph: Graph, name: str, is_top: bool) -> LayerSpec | str:
+def _foldable_producer(editor: Editor, graph: Graph, name: str) -> LayerSpec | str:
     """The linear layer this BatchNormalization can fold into, or the reason it cannot.
 
     A shared pair folds too: when every call of the BatchNormalization reads a call of
@@ -102,7 +102,7 @@ def _foldable_producer(graph: Graph, name: str, is_top: bool) -> LayerSpec | str
     batchnorm = graph.layers[name]
     if batchnorm.config.get("renorm"):
         return "uses batch renormalization"
-    calls = graph.nodes_of(name)
+    calls = editor.calls(graph, name)
     sources = [node.data_input for node in calls]
     if any(source is None for source in sources):
         return "has more than one input"
@@ -120,14 +120,14 @@ def _foldable_producer(graph: Graph, name: str, is_top: bool) -> LayerSpec | str
         return f"{producer.name} already absorbs another BatchNormalization"
     if any(source.index != 0 for source in sources):
         return f"reads a secondary output of {producer.name}"
-    if len(graph.nodes_of(producer.name)) != len(calls):
+    if len(editor.calls(graph, producer.name)) != len(calls):
         return f"{producer.name} is also called where this BatchNormalization does not follow it"
     outputs = output_refs(graph)
     for source in sources:
-        if len(consumers(graph, source)) != 1 or source in outputs:
+        if len(editor.readers(graph, source)) != 1 or source in outputs:
             return f"the output of {producer.name} is also used elsewhere"
     call_ids = {node.id for node in calls}
-    if is_top and any(ref.node in call_ids for ref in outputs):
+    if graph is editor.root and any(ref.node in call_ids for ref in outputs):
         return "its output is a model output (removing it would rename the output)"
     axis = negative_axis(batchnorm.config.get("axis", -1), graph.shapes.get(sources[0]))
     reason = fold_reason(producer.class_name, producer.config, axis)

@@ -19,7 +19,7 @@ from typing import Any
 
 from normify import incell, kinds
 from normify.graph import MODIFIED, Graph, TensorRef, walk_layers
-from normify.passes.edit import Editor, Kept, consumers, output_refs, remove_node
+from normify.passes.edit import Editor, Kept, output_refs
 from normify.passes.fold import BATCHNORM_CLASSES, Fold, try_fold
 from normify.rules import selected
 
@@ -146,7 +146,7 @@ def _remove(editor: Editor, path: str) -> tuple[str | None, list[str]]:
     paths of the dense and conv layers whose output it read)."""
     owner_path, _, name = path.rpartition("/")
     graph = editor.graph_at(owner_path)
-    calls = graph.nodes_of(name)
+    calls = editor.calls(graph, name)
     call_ids = {node.id for node in calls}
     if graph is editor.root and any(ref.node in call_ids for ref in output_refs(graph)):
         return "its output is a model output (removing it would rename the output)", []
@@ -155,7 +155,7 @@ def _remove(editor: Editor, path: str) -> tuple[str | None, list[str]]:
         return "has more than one input", []
     producers = {graph.nodes[source.node].layer for source in sources if source is not None}
     for node in calls:
-        remove_node(graph, node.id)
+        editor.remove(graph, node.id)
     prefix = f"{owner_path}/" if owner_path else ""
     linear = [p for p in producers if graph.layers[p].kind in (kinds.DENSE, kinds.CONV)]
     return None, [prefix + producer for producer in sorted(linear)]
@@ -171,8 +171,8 @@ def _restore_activation(editor: Editor, linear_path: str) -> None:
         return
     outputs = output_refs(graph) if graph is editor.root else []
     readers = []
-    for node in graph.nodes_of(name):
-        found = consumers(graph, TensorRef(node.id, 0))
+    for node in editor.calls(graph, name):
+        found = editor.readers(graph, TensorRef(node.id, 0))
         if len(found) != 1 or TensorRef(node.id, 0) in outputs:
             return
         readers.append(found[0])
@@ -185,7 +185,7 @@ def _restore_activation(editor: Editor, linear_path: str) -> None:
         return
     if any(reader.layer != activation.name for reader in readers):
         return
-    if len(readers) != len(graph.nodes_of(activation.name)):
+    if len(readers) != len(editor.calls(graph, activation.name)):
         return
     if any(TensorRef(reader.id, 0) in outputs for reader in readers):
         return  # the activation names a model output
@@ -195,7 +195,7 @@ def _restore_activation(editor: Editor, linear_path: str) -> None:
         status=MODIFIED,
     )
     for reader in readers:
-        remove_node(graph, reader.id)
+        editor.remove(graph, reader.id)
 
 
 def _with_activation(class_name: str, config: dict[str, Any], activation: Any) -> dict[str, Any]:

@@ -80,7 +80,7 @@ def swap_norms(
             )
         owner_path, _, name = path.rpartition("/")
         owner = editor.graph_at(owner_path)
-        replacement = _replace(owner, name, path, to_class, target, groups)
+        replacement = _replace(editor, owner, name, path, to_class, target, groups)
         if isinstance(replacement, str):
             kept.append(Kept(path, replacement))
         else:
@@ -89,15 +89,22 @@ def swap_norms(
 
 
 def _masked_paths(flow: Flow) -> set[str]:
+    masked = flow.masked_sites()
     return {
         site.path
         for site in flow.sites.values()
-        if site.spec.kind == kinds.NORM and flow.mask_reaches(site)
+        if site.spec.kind == kinds.NORM and site.key in masked
     }
 
 
 def _replace(
-    graph: Graph, name: str, path: str, to_class: str, target: str, groups: int | None
+    editor: Editor,
+    graph: Graph,
+    name: str,
+    path: str,
+    to_class: str,
+    target: str,
+    groups: int | None,
 ) -> Replacement | str:
     old = graph.layers[name]
     axis = old.config.get("axis", -1)
@@ -105,7 +112,7 @@ def _replace(
         if len(axis) != 1:
             return f"normalizes over several axes {list(axis)}; swap needs one channel axis"
         axis = axis[0]
-    shape = _input_shape(graph, name)
+    shape = _input_shape(editor, graph, name)
     if target == "rmsnorm" and not _is_last_axis(axis, shape):
         return (
             f"RMSNormalization (Keras) normalizes only the last axis; this layer "
@@ -143,9 +150,9 @@ def _replace(
     return Replacement(path, old.class_name, to_class, tuple(carried), config.get("groups"))
 
 
-def _input_shape(graph: Graph, name: str) -> tuple[int | None, ...] | None:
+def _input_shape(editor: Editor, graph: Graph, name: str) -> tuple[int | None, ...] | None:
     """The static shape of the tensor the norm layer normalizes (batch included)."""
-    source = graph.nodes_of(name)[0].data_input
+    source = editor.calls(graph, name)[0].data_input
     return graph.shapes.get(source) if source is not None else None
 
 
