@@ -6,20 +6,26 @@ are built in child processes.
 
 from __future__ import annotations
 
+import argparse
+import gc
 import os
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
+from typing import TypeVar
 
-from _results import usable_cores
+from _results import RESULTS_PATH, replace_section, usable_cores
 
 DEFAULT_CACHE = Path(__file__).resolve().parent / ".cache"
 MIN_REPEAT = 5  # fewer runs make a median too noisy to judge a target on
+DEFAULT_REPEAT = 7
+
+T = TypeVar("T")
 
 # Run in a child so the benchmark process itself never imports TensorFlow (its threads
 # and memory would otherwise sit beside every measured process).
@@ -123,7 +129,11 @@ def timed_run(argv: Sequence[str], env: dict[str, str] | None = None) -> float:
 
 def file_size(path: Path) -> str:
     """A model's size next to its name: load and save times grow with it."""
-    size = path.stat().st_size
+    return byte_size(path.stat().st_size)
+
+
+def byte_size(size: float) -> str:
+    """`1073.9 MB`, `91 kB`: decimal units, as file sizes are usually shown."""
     return f"{size / 1e6:.1f} MB" if size >= 1e6 else f"{size / 1e3:.0f} kB"
 
 
@@ -151,3 +161,124 @@ def describe_conditions(before: float | None, after: float | None) -> str:
     if os.environ.get("PYTHONDONTWRITEBYTECODE"):
         parts.append("PYTHONDONTWRITEBYTECODE was set: no bytecode cache for uncompiled modules.")
     return " ".join(parts)
+
+
+def timed_call(function: Callable[[], T]) -> tuple[float, T]:
+    """Wall-clock seconds of one in-process call, and its result.
+
+    As `timeit` does, the cyclic garbage collector is run before and kept off during the
+    call: a collection it triggers costs time in proportion to every object alive in the
+    process (all the models a benchmark keeps), which would charge one measurement for
+    the garbage of others and blur how the call itself scales.
+    """
+    gc.collect()
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        start = time.perf_counter()
+        result = function()
+        return time.perf_counter() - start, result
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def peak_rss_run(argv: Sequence[str], env: dict[str, str] | None = None) -> tuple[float, int]:
+    """Wall-clock seconds and peak resident memory (bytes) of one whole child process,
+    which must succeed.
+
+    The peak is this child's own `ru_maxrss` from `os.wait4`; `RUSAGE_CHILDREN` would be
+    the largest over every child this process ever waited for. Linux reports kilobytes,
+    macOS bytes.
+    """
+    start = time.perf_counter()
+    with subprocess.Popen(
+        argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env
+    ) as child:
+        # Read stderr to the end first, so a chatty child never blocks on a full pipe.
+        stderr = child.stderr.read() if child.stderr is not None else b""
+        _, status, usage = os.wait4(child.pid, 0)
+        elapsed = time.perf_counter() - start
+        child.returncode = os.waitstatus_to_exitcode(status)  # already reaped: tell Popen
+    if child.returncode != 0:
+        raise BenchmarkError(
+            f"{' '.join(argv)} exited {child.returncode}:\n{tail(stderr.decode(errors='replace'))}"
+        )
+    scale = 1 if sys.platform == "darwin" else 1024
+    return elapsed, usage.ru_maxrss * scale
+
+
+# ------------------------------------------------------------------- options and results
+
+
+def add_standard_options(
+    parser: argparse.ArgumentParser, section: str, default_repeat: int = DEFAULT_REPEAT
+) -> None:
+    """`--repeat`, `--write-results`, `--results-file` and `--check`, as every benchmark
+    has them (see benchmarks/README.md)."""
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=default_repeat,
+        help=f"Runs of each measurement (default %(default)s). Below {MIN_REPEAT} the "
+        "timing targets are not judged.",
+    )
+    parser.add_argument(
+        "--write-results",
+        action="store_true",
+        help=f"Replace the '{section}' section of --results-file with this report.",
+    )
+    parser.add_argument(
+        "--results-file", type=Path, default=RESULTS_PATH, help="Default: benchmarks/RESULTS.md."
+    )
+    parser.add_argument("--check", action="store_true", help="Exit 1 if any target fails.")
+
+
+def check_standard_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse what `add_standard_options` cannot: no runs, or smoke numbers for the record."""
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
+    if args.write_results and args.repeat < MIN_REPEAT:
+        parser.error(f"--write-results needs --repeat >= {MIN_REPEAT}: smoke numbers are noise")
+
+
+def publish(
+    section: str,
+    report: str,
+    checks: Sequence[Check],
+    args: argparse.Namespace,
+    log: Callable[[str], None],
+) -> int:
+    """Print the report, record it if asked, and return the exit status (1 only for a
+    failed target under --check)."""
+    sys.stdout.write(report)
+    if args.write_results:
+        written = replace_section(section, report, args.results_file)
+        log(f"wrote section '{section}' of {written}")
+    failed = [check for check in checks if check.passed is False]
+    return 1 if args.check and failed else 0
+
+
+def parse_int_list(text: str, option: str, parser: argparse.ArgumentParser) -> list[int]:
+    """`250,500,1000` as sorted distinct positive integers (for options like --sizes)."""
+    try:
+        values = sorted({int(part) for part in text.split(",") if part.strip()})
+    except ValueError:
+        parser.error(f"{option}: {text!r} is not a comma-separated list of integers")
+    if not values or values[0] < 1:
+        parser.error(f"{option}: give positive integers, not {text!r}")
+    return values
+
+
+def run_guarded(name: str, measure: Callable[[], T]) -> T | None:
+    """Run the measurements; on failure say why on stderr and return None (exit 2).
+
+    Any exception counts: a measured step that fails makes its timings meaningless.
+    """
+    try:
+        return measure()
+    except BenchmarkError as error:
+        print(f"{name}: error: {error}", file=sys.stderr)
+    except Exception as error:
+        print(f"{name}: error: {type(error).__name__}: {error}", file=sys.stderr)
+    return None

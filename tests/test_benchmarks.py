@@ -137,3 +137,74 @@ def test_rewrite_overhead_smoke(tmp_path: Path) -> None:
         assert f"| tiny | {part} |" in out
     assert "Timing targets not judged" in out
     assert "- FAIL" not in out
+
+
+def test_scaling_smoke() -> None:
+    completed = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "scaling.py"), "--sizes", "4,8", "--repeat", "1"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert completed.returncode == 0, completed.stderr
+    out = completed.stdout
+    assert out.startswith("## Scaling with model size")
+    assert "| model | part | N=4 (ms) | N=8 (ms) | 8/4 | target | result |" in out
+    for kind in ("Sequential chain", "Functional residual chain"):
+        for part in ("(a) graph from the model", "(d) graph from config.json", "(c) rebuild"):
+            assert f"| {kind} | {part} |" in out
+        assert f"{kind} of 8: add inserts" in out
+    # Timings are SKIP at --repeat 1; the judged checks (what each pass did) are
+    # deterministic and must pass.
+    assert "Timing targets not judged" in out
+    assert "- PASS: Functional residual chain of 8: add inserts 8 norms" in out
+    assert "- FAIL" not in out
+    assert "[scaling] round 1/1" in completed.stderr
+
+
+def test_scaling_refuses_to_write_smoke_results(tmp_path: Path) -> None:
+    results = tmp_path / "RESULTS.md"
+    completed = subprocess.run(
+        [
+            sys.executable,
+            str(BENCHMARKS / "scaling.py"),
+            "--sizes=4,8",
+            "--repeat=1",
+            "--write-results",
+            f"--results-file={results}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert completed.returncode == 2
+    assert "--write-results" in completed.stderr
+    assert not results.exists()
+
+
+def test_memory_smoke(tmp_path: Path) -> None:
+    completed = subprocess.run(
+        [
+            sys.executable,
+            str(BENCHMARKS / "memory.py"),
+            "--width",
+            "64",
+            "--repeat",
+            "1",
+            "--cache",
+            str(tmp_path / "cache"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert completed.returncode == 0, completed.stderr
+    out = completed.stdout
+    assert out.startswith("## Peak memory of a rewrite")
+    assert "| command | runs | peak RSS median (MB) | min (MB) | wall median (s) |" in out
+    assert "| `normify add X -o Y --force --quiet` | 1 |" in out
+    assert "| `keras.saving.load_model(X).save(Z)` | 1 |" in out
+    assert "| normify add / load+save (peak medians) |" in out
+    assert "Targets not judged" in out
+    assert "- FAIL" not in out
+    assert list((tmp_path / "cache").glob("dense64x4-keras*.keras"))
