@@ -352,7 +352,8 @@ def _node_arguments_from_config(
     if isinstance(node_data, dict):  # Keras 3: {"args": [...], "kwargs": {...}}
         args = node_data.get("args", [])
         kwargs = node_data.get("kwargs", {})
-        if not isinstance(args, list) or not isinstance(kwargs, dict):
+        # lists in a file; tuples in a live model's `get_config()`
+        if not isinstance(args, (list, tuple)) or not isinstance(kwargs, dict):
             raise NormifyError("a node's args or kwargs have the wrong type")
         return tuple(_deserialize_arguments(args, shapes)), _deserialize_arguments(kwargs, shapes)
     if isinstance(node_data, list):  # Keras 2: [[layer, node_index, tensor_index, kwargs], ...]
@@ -373,10 +374,10 @@ def _deserialize_arguments(structure: Any, shapes: dict | None = None) -> Any:
         history = structure["config"]["keras_history"]
         ref = TensorRef(node_id(history[0], int(history[1])), int(history[2]))
         shape = structure["config"].get("shape")
-        if shapes is not None and isinstance(shape, list):
+        if shapes is not None and isinstance(shape, (list, tuple)):
             shapes[ref] = tuple(shape)
         return ref
-    if isinstance(structure, list):
+    if isinstance(structure, (list, tuple)):
         return [_deserialize_arguments(item, shapes) for item in structure]
     if isinstance(structure, dict):
         return {key: _deserialize_arguments(value, shapes) for key, value in structure.items()}

@@ -215,3 +215,20 @@ def test_graph_module_needs_no_backend():
         "assert 'keras' not in sys.modules and 'tensorflow' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("name", ["seq2seq.keras", "nested.keras", "ops_model.keras"])
+def test_a_live_get_config_with_tuples_builds_the_graph_its_json_does(name: str) -> None:
+    """`from_config` takes `{"class_name", "config": model.get_config()}` as its docstring
+    says: a live config holds tuples where a file's JSON holds lists."""
+    import json
+
+    from conftest import FIXTURES
+    from helpers import graph_structure
+
+    keras = pytest.importorskip("keras")
+    model = keras.saving.load_model(FIXTURES / name)
+    live = {"class_name": type(model).__name__, "config": model.get_config()}
+    assert graph_structure(graphs.from_config(live)) == graph_structure(
+        graphs.from_config(json.loads(json.dumps(live)))
+    )
