@@ -7,8 +7,11 @@ are built in child processes.
 from __future__ import annotations
 
 import argparse
+import compileall
 import gc
+import importlib.util
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -145,21 +148,34 @@ def load_average() -> float | None:
         return None
 
 
-def describe_conditions(before: float | None, after: float | None) -> str:
-    """Say what else could have skewed the numbers, so a reader can discount them.
+def byte_compile_normify() -> None:
+    """Write normify's bytecode cache, as `pip install` does.
 
-    Other work on the machine inflates every timing; PYTHONDONTWRITEBYTECODE makes each
-    process recompile normify's modules (an editable install then has no .pyc at all),
-    which an installed wheel would not pay.
+    Keras and TensorFlow come with theirs; an editable install of normify has none until
+    an import writes it, and with PYTHONDONTWRITEBYTECODE set no import ever does, so every
+    timed process would recompile normify's modules from source (about 0.1 s), a cost no
+    installed copy pays. `compileall` writes the cache whatever that variable says.
     """
+    package = importlib.util.find_spec("normify")
+    if package is None or not package.submodule_search_locations:
+        raise BenchmarkError("normify is not importable from this interpreter")
+    for folder in package.submodule_search_locations:
+        if not compileall.compile_dir(folder, quiet=1):
+            raise BenchmarkError(f"byte-compiling {folder} failed")
+
+
+def describe_conditions(
+    before: float | None, after: float | None, byte_compiled: bool = False
+) -> str:
+    """Say what else could have skewed the numbers, so a reader can discount them."""
     parts = []
     if before is not None and after is not None:
         parts.append(
             f"1-minute load average {before:.2f} before, {after:.2f} after "
             f"({usable_cores()} usable cores)."
         )
-    if os.environ.get("PYTHONDONTWRITEBYTECODE"):
-        parts.append("PYTHONDONTWRITEBYTECODE was set: no bytecode cache for uncompiled modules.")
+    if byte_compiled:
+        parts.append("normify's modules were byte-compiled first, as `pip install` does.")
     return " ".join(parts)
 
 
@@ -232,6 +248,33 @@ def add_standard_options(
         "--results-file", type=Path, default=RESULTS_PATH, help="Default: benchmarks/RESULTS.md."
     )
     parser.add_argument("--check", action="store_true", help="Exit 1 if any target fails.")
+
+
+def add_model_options(parser: argparse.ArgumentParser, default_models: Sequence[str]) -> None:
+    """`--models` (keras.applications names, or `tiny`) and `--cache`, for the benchmarks
+    that time whole processes on built application models."""
+    parser.add_argument(
+        "--models",
+        default=",".join(default_models),
+        help="Comma-separated keras.applications names, or 'tiny' for a small Sequential "
+        "model (smoke test). Default: %(default)s.",
+    )
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        default=DEFAULT_CACHE,
+        help="Folder for the built .keras files (default: benchmarks/.cache).",
+    )
+
+
+def check_model_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Turn `--models` into a list of names, refusing what cannot be one."""
+    args.models = [name.strip() for name in args.models.split(",") if name.strip()]
+    if not args.models:
+        parser.error("--models: no model names given")
+    for name in args.models:
+        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", name):
+            parser.error(f"--models: {name!r} is not a model name")
 
 
 def check_standard_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:

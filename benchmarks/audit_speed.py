@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -38,11 +37,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
-    DEFAULT_CACHE,
     MIN_REPEAT,
     BenchmarkError,
     Check,
     Samples,
+    add_model_options,
+    add_standard_options,
+    byte_compile_normify,
+    check_model_options,
+    check_standard_options,
     describe_conditions,
     ensure_models,
     file_size,
@@ -50,7 +53,7 @@ from _common import (  # noqa: E402
     tail,
     timed_run,
 )
-from _results import RESULTS_PATH, machine_summary, replace_section  # noqa: E402
+from _results import machine_summary, replace_section  # noqa: E402
 
 SECTION = "audit_speed"
 DEFAULT_MODELS = ("ResNet50", "DenseNet121", "EfficientNetB0")
@@ -237,47 +240,13 @@ def log(message: str) -> None:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description="Time `normify audit` against keras.saving.load_model on real models.",
+        description="Time `normify audit` against keras.saving.load_model on real models."
     )
-    parser.add_argument(
-        "--models",
-        default=",".join(DEFAULT_MODELS),
-        help="Comma-separated keras.applications names, or 'tiny' for a small Sequential "
-        "model (smoke test). Default: %(default)s.",
-    )
-    parser.add_argument(
-        "--repeat",
-        type=int,
-        default=DEFAULT_REPEAT,
-        help=f"Runs of each command (default %(default)s). Below {MIN_REPEAT} timing targets "
-        "are not judged.",
-    )
-    parser.add_argument(
-        "--cache",
-        type=Path,
-        default=DEFAULT_CACHE,
-        help="Folder for the built .keras files (default: benchmarks/.cache).",
-    )
-    parser.add_argument(
-        "--write-results",
-        action="store_true",
-        help=f"Replace the '{SECTION}' section of --results-file with this report.",
-    )
-    parser.add_argument(
-        "--results-file", type=Path, default=RESULTS_PATH, help="Default: benchmarks/RESULTS.md."
-    )
-    parser.add_argument("--check", action="store_true", help="Exit 1 if any target fails.")
+    add_model_options(parser, DEFAULT_MODELS)
+    add_standard_options(parser, SECTION, DEFAULT_REPEAT)
     args = parser.parse_args(argv)
-    args.models = [name.strip() for name in args.models.split(",") if name.strip()]
-    if not args.models:
-        parser.error("--models: no model names given")
-    for name in args.models:
-        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", name):
-            parser.error(f"--models: {name!r} is not a model name")
-    if args.repeat < 1:
-        parser.error("--repeat must be at least 1")
-    if args.write_results and args.repeat < MIN_REPEAT:
-        parser.error(f"--write-results needs --repeat >= {MIN_REPEAT}: smoke numbers are noise")
+    check_model_options(parser, args)
+    check_standard_options(parser, args)
     return args
 
 
@@ -286,9 +255,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     timing = args.repeat >= MIN_REPEAT
     try:
         paths = ensure_models(list(dict.fromkeys(args.models)), args.cache, log)
+        byte_compile_normify()
         load_before = load_average()
         results, imports, helps = measure(paths, args.repeat)
-        conditions = describe_conditions(load_before, load_average())
+        conditions = describe_conditions(load_before, load_average(), byte_compiled=True)
     except BenchmarkError as error:
         print(f"audit_speed: error: {error}", file=sys.stderr)
         return 2
