@@ -74,12 +74,7 @@ class Editor:
     def splice(self, graph: Graph, source: TensorRef, chain: list[Node], last: TensorRef) -> None:
         """Insert `chain` after `source`'s node and make every reader of `source` read
         `last`, in time proportional to those readers; `finish()` puts nodes in order."""
-        readers = self.readers(graph, source)
-        swap = _swapper(source, last)
-        for reader in readers:
-            reader.args = map_leaves(swap, reader.args)
-            reader.kwargs = map_leaves(swap, reader.kwargs)
-        graph.outputs = map_leaves(swap, graph.outputs)
+        readers = self._redirect_readers(graph, source, last)
         index = self._readers[id(graph)]
         index[last] = dict.fromkeys(reader.id for reader in readers)
         index[source] = {chain[0].id: None}
@@ -93,6 +88,16 @@ class Editor:
         self._after.setdefault(id(graph), {}).setdefault(source.node, []).extend(chain)
         self._graphs[id(graph)] = graph
 
+    def _redirect_readers(self, graph: Graph, old: TensorRef, new: TensorRef) -> list[Node]:
+        """Make every reader of `old` (and the graph's outputs) read `new`; the readers."""
+        readers = self.readers(graph, old)
+        swap = _swapper(old, new)
+        for reader in readers:
+            reader.args = map_leaves(swap, reader.args)
+            reader.kwargs = map_leaves(swap, reader.kwargs)
+        graph.outputs = map_leaves(swap, graph.outputs)
+        return readers
+
     def remove(self, graph: Graph, node_id: str) -> None:
         """Take a single-input, shape-keeping node out: its readers read its input instead.
         The layer goes too once none of its calls remain. Costs what the node touches (its
@@ -103,12 +108,7 @@ class Editor:
         source = node.data_input
         assert source is not None, f"{node_id} does not read exactly one tensor"
         output = TensorRef(node_id, 0)
-        readers = self.readers(graph, output)
-        swap = _swapper(output, source)
-        for reader in readers:
-            reader.args = map_leaves(swap, reader.args)
-            reader.kwargs = map_leaves(swap, reader.kwargs)
-        graph.outputs = map_leaves(swap, graph.outputs)
+        readers = self._redirect_readers(graph, output, source)
         index = self._readers[id(graph)]
         for ref in node.inputs:
             index.get(ref, {}).pop(node_id, None)
