@@ -190,10 +190,18 @@ def add(
         raise NormifyError(f"--init must be one of {', '.join(INITS)}, not {init!r}")
     if init == "calibrate" and data is None:
         raise NormifyError("--init calibrate needs calibration data (--data)")
-    source = _open(model_or_path, safe_mode, custom_objects)
-    decisions = decide(source.graph, build_flow(source.graph), rules)
-    new_graph, insertions = add_norms(source.graph, decisions, rules)
-    model = _rebuild(source, new_graph, changed=bool(insertions))
+    built, config = None, None
+    if isinstance(model_or_path, (str, os.PathLike)):
+        config = io.read_config(model_or_path)
+        if init == "identity" and data is None and not measure_drift:
+            built = _add_in_one_build(Path(model_or_path), config, rules, safe_mode, custom_objects)
+    if built is None:
+        source = _open(model_or_path, safe_mode, custom_objects, config)
+        decisions = decide(source.graph, build_flow(source.graph), rules)
+        new_graph, insertions = add_norms(source.graph, decisions, rules)
+        model = _rebuild(source, new_graph, changed=bool(insertions))
+    else:
+        source, decisions, insertions, model = built
     skipped = [d for d in decisions if not d.insert]
     report = AddReport(source.name, insertions, skipped, notices=source.notices, init=init)
     report.notices.extend(f"{i.target}: {i.note}" for i in insertions if i.note)
@@ -243,6 +251,46 @@ def add(
 
 
 INITS = ("identity", "calibrate", "fresh")
+
+
+def _add_in_one_build(
+    path: Path,
+    config: dict[str, Any],
+    rules: Rules,
+    safe_mode: bool,
+    custom_objects: dict[str, Any] | None,
+) -> tuple[_Source, list[Decision], list[Insertion], Any] | None:
+    """`add` planned on the file's config and built once, with the weights read from the
+    file (`normify.weightfile`), when nothing needs the original model afterwards: every
+    insertion an exact identity, no drift to measure. None when that does not apply or
+    fails: the caller then loads the model with Keras, which says what is wrong."""
+    from normify.rebuild import rebuild
+    from normify.weightfile import WeightFile, readable
+
+    graph = graphs.from_config(config, source=path)
+    _require_rewritable(graph, str(path))
+    if not readable(path, io.detect_format(path)):
+        return None
+    decisions = decide(graph, build_flow(graph), rules)
+    new_graph, insertions = add_norms(graph, decisions, rules)
+    if not insertions or not all(insertion.exact for insertion in insertions):
+        return None
+    source = _Source(None, graph, str(path), share=True, notices=[])
+    compile_config = config.get("compile_config")
+    try:
+        with (
+            WeightFile(path, graph, safe_mode, custom_objects) as weights,
+            warnings.catch_warnings(record=True) as caught,
+        ):
+            warnings.simplefilter("always")
+            model = rebuild(new_graph, weights=weights)
+            if compile_config:
+                model.compile_from_config(compile_config)
+                source.notices.append(COMPILED_NOTICE)
+    except Exception:
+        return None
+    source.notices.extend(line for line in _warning_lines(caught) if line not in source.notices)
+    return source, decisions, insertions, model
 
 
 def _fresh_without_data(model: Any, paths: list[str]) -> None:
@@ -498,12 +546,18 @@ class _Source:
     notices: list[str]
 
 
-def _open(model_or_path: ModelOrPath, safe_mode: bool, custom_objects: Any) -> _Source:
-    """Load (or take) the model and build its graph, refusing models normify cannot rewrite."""
+def _open(
+    model_or_path: ModelOrPath,
+    safe_mode: bool,
+    custom_objects: Any,
+    config: dict[str, Any] | None = None,
+) -> _Source:
+    """Load (or take) the model and build its graph, refusing models normify cannot rewrite.
+    `config` is the file's config when the caller has read it already."""
     notices: list[str] = []
     if isinstance(model_or_path, (str, os.PathLike)):
         # A model normify cannot rewrite is refused from its config, before Keras loads it.
-        config = io.read_config(model_or_path)
+        config = config if config is not None else io.read_config(model_or_path)
         config_graph = graphs.from_config(config, source=model_or_path)
         _require_rewritable(config_graph, str(model_or_path))
         loaded = io.load_model(
@@ -631,10 +685,13 @@ def _compile_like(original: Any, model: Any, notices: list[str]) -> None:
             f"the model could not be compiled like the original ({error}); it is uncompiled"
         )
         return
-    notices.append(
-        "compiled with the original loss, metrics and optimizer configuration; "
-        "optimizer state (moments, step count) was not carried"
-    )
+    notices.append(COMPILED_NOTICE)
+
+
+COMPILED_NOTICE = (
+    "compiled with the original loss, metrics and optimizer configuration; "
+    "optimizer state (moments, step count) was not carried"
+)
 
 
 def _warning_lines(caught: list[warnings.WarningMessage]) -> list[str]:

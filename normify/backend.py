@@ -86,3 +86,32 @@ def deep_recursion(layers: int) -> Iterator[None]:
         yield
     finally:
         sys.setrecursionlimit(previous)
+
+
+# The object types whose saving skip sets Keras recomputes for every object it walks.
+_SKIPSET_TYPES = ("Layer", "Functional", "Sequential", "Operation")
+
+
+def mend_saving_cache() -> None:
+    """Let Keras reuse the attribute skip sets it computes when saving and loading.
+
+    For every layer it saves or loads, Keras 3.15's `saving_lib.get_attr_skipset`
+    builds a throwaway `Layer()` and lists its attributes (about 1.5 ms): it stores the
+    result under `saving_attr_skipset_<type>` but looks it up under
+    `saving_attr_skiplist_<type>`, so the cache never hits (0.6 s to load a DenseNet121,
+    as much to save it). This stores the very value it computes under the key it looks
+    up. Idempotent; does nothing on a Keras without that function.
+    """
+    try:
+        from keras.src.backend.common import global_state
+        from keras.src.saving.saving_lib import get_attr_skipset
+    except ImportError:
+        return
+    for obj_type in _SKIPSET_TYPES:
+        key = f"saving_attr_skiplist_{obj_type}"
+        if global_state.get_global_attribute(key, None) is None:
+            try:
+                skipset = get_attr_skipset(obj_type)
+            except Exception:
+                return
+            global_state.set_global_attribute(key, skipset)

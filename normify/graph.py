@@ -82,6 +82,9 @@ class LayerSpec:
     init: dict[str, Any] = field(default_factory=dict)
     renamed_from: str | None = None
     obj: Any = field(default=None, repr=False, compare=False)
+    # The layer's entry in the file's config (graph built from a config): what Keras
+    # deserializes it from, and, by identity, the key to its weights in the file.
+    serialized: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass
@@ -121,6 +124,7 @@ class Graph:
     outputs: Any
     opaque_reason: str | None = None
     obj: Any = field(default=None, repr=False, compare=False)
+    trainable: bool = True
     # Static shapes of the tensors that flow between nodes (batch dimension included),
     # where known: what some rules need (a channels_first bias, a channel count).
     shapes: dict[TensorRef, tuple[int | None, ...]] = field(default_factory=dict, compare=False)
@@ -265,7 +269,10 @@ def _layer_spec_from_config(entry: dict[str, Any], depth: int) -> LayerSpec:
         raise NormifyError(f"a {class_name} layer has no name")
     module = entry.get("module")
     kind = kinds.classify(class_name, module, config)
-    spec = LayerSpec(name=name, class_name=class_name, module=module, config=config, kind=kind)
+    spec = LayerSpec(
+        name=name, class_name=class_name, module=module, config=config, kind=kind,
+        serialized=entry,
+    )  # fmt: skip
     if kind == kinds.MODEL or (kind == kinds.OTHER and _looks_like_model(entry)):
         spec.kind = kinds.MODEL
         spec.subgraph = _graph_from_serialized(entry, depth + 1)
@@ -302,7 +309,11 @@ def _sequential_from_config(name: str, config: dict[str, Any], depth: int) -> Gr
         previous = TensorRef(spec.name)
     inputs = [TensorRef(next(iter(nodes)))] if nodes else []
     outputs = [previous] if previous is not None else []
-    return Graph(name, "Sequential", True, layers, nodes, inputs, outputs, shapes=shapes)
+    trainable = config.get("trainable", True) is not False
+    return Graph(
+        name, "Sequential", True, layers, nodes, inputs, outputs, trainable=trainable,
+        shapes=shapes,
+    )  # fmt: skip
 
 
 def _implicit_sequential_input(
@@ -343,7 +354,11 @@ def _functional_from_config(
     for ref in tensor_refs(outputs):
         if ref.node not in nodes:
             raise NormifyError(f"output {ref.node!r} of {name} is not a layer call")
-    return Graph(name, class_name, False, layers, nodes, inputs, outputs, shapes=shapes)
+    trainable = config.get("trainable", True) is not False
+    return Graph(
+        name, class_name, False, layers, nodes, inputs, outputs, trainable=trainable,
+        shapes=shapes,
+    )  # fmt: skip
 
 
 def _node_arguments_from_config(

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from normify import legacy
-from normify.backend import deep_recursion
+from normify.backend import deep_recursion, mend_saving_cache
 from normify.errors import ModelLoadError, NormifyError, OutputError
 
 KERAS = "keras"
@@ -544,6 +544,7 @@ def _load_keras2_file(request: _LoadRequest) -> LoadedModel:
 
 
 def _keras_load(request: _LoadRequest, compile: bool) -> Any:
+    mend_saving_cache()
     with warnings.catch_warnings(), _keras_suffixed(request.path, request.format) as path:
         warnings.simplefilter("ignore")
         return request.keras.saving.load_model(
@@ -801,6 +802,7 @@ def save_model(model: Any, output: str | os.PathLike[str]) -> Path:
 
 
 def _keras_save(model: Any, path: Path) -> None:
+    mend_saving_cache()
     with warnings.catch_warnings(), deep_recursion(count_live_layers(model)):
         warnings.simplefilter("ignore")
         model.save(path)
@@ -837,6 +839,7 @@ def save_in_place(
 def _check_loads(path: Path, safe_mode: bool, custom_objects: dict[str, Any] | None) -> None:
     from normify.backend import keras
 
+    mend_saving_cache()
     try:
         with warnings.catch_warnings(), deep_recursion(count_layers(read_config(path))):
             warnings.simplefilter("ignore")

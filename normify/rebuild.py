@@ -19,6 +19,12 @@ copy of the weights in memory (see `_Presets`).
 
 Nested models are rebuilt recursively when anything inside them changed; a Sequential
 stays a Sequential.
+
+A graph built from a file's config has no live layers: with a `WeightFile`, every
+original layer is deserialized from its config entry and its weights read from the file
+(`normify.weightfile`), so the model is built once, not loaded and then rebuilt. A
+modified layer's variables then come from its original standing alone, read from the
+file, whose variable objects the new layer adopts.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -46,31 +52,41 @@ from normify.graph import (
     walk_layers,
 )
 
+if TYPE_CHECKING:
+    from normify.weightfile import WeightFile
+
 
 class RebuildError(NormifyError):
     """The edited graph could not be turned back into a model."""
 
 
-def rebuild(graph: Graph, share: bool = True) -> Any:
-    """A new `keras.Model` for `graph` (built from a live model by `graph.from_model`)."""
+def rebuild(graph: Graph, share: bool = True, weights: WeightFile | None = None) -> Any:
+    """A new `keras.Model` for `graph`: built from a live model by `graph.from_model`, or
+    from a file's config by `graph.from_config` with that file's open `weights`."""
     from normify.backend import deep_recursion
 
-    builder = _Builder(share)
+    builder = _Builder(share or weights is not None, weights)
     try:
         with deep_recursion(sum(1 for _ in walk_layers(graph))):
             model = builder.model(graph)
+            builder.load_from_file()
     finally:
         builder.presets.uninstall()
     builder.initialize()
+    if weights is not None:
+        weights.check_all_read()
     return model
 
 
 class _Builder:
-    def __init__(self, share: bool) -> None:
+    def __init__(self, share: bool, weights: WeightFile | None = None) -> None:
         from normify.backend import keras
 
         self.keras = keras()
         self.share = share
+        self.weights = weights
+        # (new layer, original spec): layers deserialized from the file, read once built
+        self.from_file: list[tuple[Any, LayerSpec]] = []
         # (new layer, spec, owning graph) whose variables are set once everything is built
         self.pending: list[tuple[Any, LayerSpec, Graph]] = []
         self._unit_rsqrt_arguments: dict[int, np.ndarray] = {}
@@ -134,6 +150,8 @@ class _Builder:
     def _copy_model_attributes(self, graph: Graph, model: Any) -> None:
         if graph.obj is not None:
             model.trainable = graph.obj.trainable
+        elif self.weights is not None:
+            model.trainable = graph.trainable  # as Keras sets it when loading the file
 
     def _input_layer(self, spec: LayerSpec) -> Any:
         config = spec.obj.get_config() if spec.obj is not None else dict(spec.config)
@@ -142,6 +160,8 @@ class _Builder:
     # -------------------------------------------------------------------------- layers
 
     def layer(self, spec: LayerSpec, graph: Graph) -> Any:
+        if spec.status == KEPT and self.weights is not None:
+            return self._deserialized(spec)
         if spec.subgraph is not None:
             if spec.status == KEPT and (self.share or spec.subgraph.opaque_reason is not None):
                 return self._original(spec)
@@ -168,6 +188,20 @@ class _Builder:
         self.pending.append((new, spec, graph))
         return new
 
+    def _deserialized(self, spec: LayerSpec) -> Any:
+        """An unchanged layer (or nested model) from its entry in the file's config; its
+        weights are read once the model is built (`load_from_file`)."""
+        assert self.weights is not None
+        new = self.weights.deserialize(spec)
+        if self.weights.holds_weights(spec):
+            self.from_file.append((new, spec))
+        return new
+
+    def load_from_file(self) -> None:
+        assert self.weights is not None or not self.from_file
+        for new, spec in self.from_file:
+            self.weights.load(new, spec)
+
     def _preset(self, new: Any, spec: LayerSpec, graph: Graph) -> None:
         """Arrange for `new`'s own variables (not those of layers nested in it) to be
         created with their final values when it builds."""
@@ -177,14 +211,14 @@ class _Builder:
             return
         if "fold" in spec.init:
             return  # folded values are computed once everything is built
-        original = variables_by_key(spec.obj)
+        original = self._original(spec)
         # Adopting variables is for share mode only: a copy must share nothing.
-        adopt = self.share and spec.status == MODIFIED and new.name == spec.obj.name
-        self.presets.install(new, original, adopt=adopt)
+        adopt = self.share and spec.status == MODIFIED and new.name == original.name
+        self.presets.install(new, variables_by_key(original), adopt=adopt)
 
     def _initial_value(self, value: Any) -> Any:
         if isinstance(value, WeightFrom):
-            return find_variable(value.source.obj, value.variable)
+            return find_variable(self._original(value.source), value.variable)
         if isinstance(value, IdentityVariance):
             return _DeferredIdentityVariance(self, value.epsilon)
         return value
@@ -204,9 +238,11 @@ class _Builder:
         return found
 
     def _original(self, spec: LayerSpec) -> Any:
-        if spec.obj is None:
-            raise RebuildError(f"layer {spec.name} has no live object (graph built from a config)")
-        return spec.obj
+        if spec.obj is not None:
+            return spec.obj
+        if self.weights is not None:
+            return self.weights.original(spec)
+        raise RebuildError(f"layer {spec.name} has no live object (graph built from a config)")
 
     # ----------------------------------------------------------------------- variables
 
@@ -219,10 +255,11 @@ class _Builder:
             elif spec.status == KEPT:
                 copy_recreated_variables(spec.obj, new, skip=self.presets.was_preset)
             else:
-                carry_variables(spec.obj, new, skip=self.presets.was_preset)
+                original = self._original(spec)
+                carry_variables(original, new, skip=self.presets.was_preset)
                 fold = spec.init.get("fold")
                 if isinstance(fold, FoldedFrom):
-                    _assign_folded(spec.obj, new, fold.batchnorm.obj)
+                    _assign_folded(original, new, self._original(fold.batchnorm))
 
     def _unit_rsqrt(self, channels: int) -> np.ndarray:
         if channels not in self._unit_rsqrt_arguments:
