@@ -2,7 +2,8 @@
 
 A model of thousands of layers must cost normify time in proportion to its size: no walk
 over every layer, name or node for each layer. For models of N Dense layers (default N =
-250, 500, 1000, 2000), built in this process, it times the parts of `normify add`:
+250, 500, 1000, 2000), each built in a fresh child process (see below), it times the parts
+of `normify add`:
 
   (a) graph:   `normify.graph.from_model(model)`
   (d) config:  `normify.graph.from_config(config)`, the graph `audit` and the plans build
@@ -29,10 +30,24 @@ median is not at the mercy of one disturbed call. Each call is timed alone, with
 garbage collector run before it and kept off during it (as `timeit` does); no call is
 discarded. Medians are reported with the ratios between consecutive sizes.
 
+Every measurement (one kind, one size, one round) runs in a fresh child process: this
+script again, with a hidden `--child KIND SIZE` option, which builds the model, times
+its parts and prints them as one JSON line. The rebuild shares the original layers
+(`share=True`), so each rebuild adds inbound nodes to them: a model reused across rounds
+grows heavier every round (more nodes to walk, more objects for the garbage collector),
+and later rounds would time different objects than the first (nor is a second rebuild
+over the same layers a repeat of the first: on a 50-layer Sequential chain the first took
+about 410 ms, the next ones 250 to 320 ms). A fresh process times every round on the same
+freshly built model, as `normify add` meets it. Before timing, the child runs every part
+once, untimed, on a 3-layer model of the same kind, so that one-time costs (lazy imports,
+first-call setup in Keras) fall on no measured call. The parent never imports Keras; it
+byte-compiles normify first, as `pip install` does, so no child recompiles it. A child
+that fails stops the benchmark with the last line of its stderr (exit status 2).
+
 Target: for every part, median(largest N) / median(next N) <= 1.1 times their size ratio
 (2.2 for 2000/1000). The smaller ratios are information.
 
-Models are built in this process, not loaded from files: Keras' own
+Models are built in the child, not loaded from files: Keras' own
 `Sequential.from_config` rebuilds the model after adding each layer (quadratic: a
 1000-layer Sequential takes minutes to load), which is Keras' cost, not normify's.
 Keras also builds a Functional graph recursively, one Python call per chained layer, so
@@ -41,15 +56,19 @@ around its own Keras calls).
 
     .venv/bin/python benchmarks/scaling.py                        # 250..2000 layers, 5 rounds
     .venv/bin/python benchmarks/scaling.py --sizes 4,8 --repeat 1  # smoke test
+    .venv/bin/python benchmarks/scaling.py --child residual 100 --calls 2  # one measurement
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import os
+import shlex
 import statistics
+import subprocess
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -61,8 +80,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (  # noqa: E402
     MIN_REPEAT,
+    BenchmarkError,
     Check,
     add_standard_options,
+    byte_compile_normify,
     check_standard_options,
     describe_conditions,
     load_average,
@@ -78,6 +99,8 @@ DEFAULT_REPEAT = 5  # a 2000-layer rebuild takes tens of seconds; 7 rounds would
 DEFAULT_SIZES = "250,500,1000,2000"
 KINDS = {"sequential": "Sequential chain", "residual": "Functional residual chain"}
 SLACK = 1.1  # allowed growth beyond linear: 2.2 for twice the layers
+WARM_UP_SIZE = 3  # layers of the untimed model a child runs every part on first
+CHILD_MARKER = "NORMIFY_SCALING="  # starts the child's one line of JSON on stdout
 
 # (key, label) in report order; the last three are plans of the other passes.
 PARTS = (
@@ -93,18 +116,28 @@ PARTS = (
 
 @dataclass
 class Case:
-    """One model kind at one size, and every timing of its parts."""
+    """One model kind at one size, and every timing of its parts (from every round's
+    child process)."""
 
     kind: str
     size: int
-    model: Any
-    config: dict[str, Any]
     seconds: dict[str, list[float]] = field(default_factory=dict)
-    counts: dict[str, int] = field(default_factory=dict)  # what each pass did (round 1)
-    normified: Any = None  # graph of the rewritten model, for the strip/fold/swap plans
+    counts: dict[str, int] = field(default_factory=dict)  # what each pass did, every round
 
     def median(self, part: str) -> float:
         return statistics.median(self.seconds[part])
+
+    def add(self, result: dict[str, Any], round_number: int) -> None:
+        """Take one child's report; what the passes did must not change between rounds."""
+        for part, _ in PARTS:
+            self.seconds.setdefault(part, []).extend(result["seconds"][part])
+        if not self.counts:
+            self.counts = dict(result["counts"])
+        elif result["counts"] != self.counts:
+            raise BenchmarkError(
+                f"{KINDS[self.kind]} of {self.size}: round {round_number} counted "
+                f"{result['counts']}, round 1 {self.counts}"
+            )
 
 
 def log(message: str) -> None:
@@ -149,7 +182,11 @@ def build(kind: str, size: int, width: int, activation: str) -> tuple[Any, dict[
 # ----------------------------------------------------------------------------- timing
 
 
-def measure_case(case: Case, first_round: bool, calls: int) -> None:
+def measure_case(model: Any, config: dict[str, Any], calls: int) -> dict[str, Any]:
+    """Time every part on one model: the rebuild once, the others `calls` times each.
+
+    Returns `{"seconds": {part: [seconds, ...]}, "counts": {...}}`, what a child prints.
+    """
     from normify import graph as graphs
     from normify.flow import build_flow
     from normify.passes.add import add_norms
@@ -160,56 +197,101 @@ def measure_case(case: Case, first_round: bool, calls: int) -> None:
     from normify.rules import Rules, decide
 
     rules = Rules()
+    seconds: dict[str, list[float]] = {}
 
     def plan(graph: Any) -> Any:
         return add_norms(graph, decide(graph, build_flow(graph), rules), rules)
 
     def record(part: str, function: Callable[[], Any], times: int = calls) -> Any:
         for _ in range(times):
-            seconds, result = timed_call(function)
-            case.seconds.setdefault(part, []).append(seconds)
+            elapsed, result = timed_call(function)
+            seconds.setdefault(part, []).append(elapsed)
         return result
 
-    graph = record("graph", lambda: graphs.from_model(case.model))
-    record("config", lambda: graphs.from_config(case.config))
+    graph = record("graph", lambda: graphs.from_model(model))
+    record("config", lambda: graphs.from_config(config))
     new_graph, insertions = record("plan", lambda: plan(graph))
     rebuilt = record("rebuild", lambda: rebuild(new_graph, share=True), times=1)
-    if first_round:
-        case.counts["insertions"] = len(insertions)
-        case.counts["layers"] = len(rebuilt.layers)
-        # strip, fold and swap read a rewritten model: the graph of the one just rebuilt
-        case.normified = graphs.from_model(rebuilt)
+    counts = {"insertions": len(insertions), "layers": len(rebuilt.layers)}
+    # strip, fold and swap read a rewritten model: the graph of the one just rebuilt
+    normified = graphs.from_model(rebuilt)
     del rebuilt
-    normified = case.normified
     _, removals, _ = record("strip", lambda: strip_norms(normified, "batchnorm"))
     _, folds, _ = record("fold", lambda: fold_batchnorms(normified))
     _, swaps, _, _ = record(
         "swap",
         lambda: swap_norms(normified, build_flow(normified), "batchnorm", "layernorm"),
     )
-    if first_round:
-        case.counts.update(strip=len(removals), fold=len(folds), swap=len(swaps))
+    counts.update(strip=len(removals), fold=len(folds), swap=len(swaps))
+    return {"seconds": seconds, "counts": counts}
 
 
-def measure(args: argparse.Namespace) -> list[Case]:
+def child(args: argparse.Namespace) -> int:
+    """One measurement in this (fresh) process: print its timings as one JSON line."""
     from normify.backend import keras as quiet_keras
 
     quiet_keras()  # import Keras without TensorFlow's notices on stderr
-    cases = []
-    for kind in args.kinds:
-        for size in args.sizes:
-            log(f"building {KINDS[kind]} of {size} Dense layers")
-            model, config = build(kind, size, args.width, args.activation)
-            cases.append(Case(kind, size, model, config))
-    for round_number in range(args.repeat):
-        log(f"round {round_number + 1}/{args.repeat}")
+    # Untimed warm-up on a tiny model of the same kind: lazy imports and first-call
+    # setup would otherwise land in the measured calls, the single rebuild above all.
+    measure_case(*build(args.kind, WARM_UP_SIZE, args.width, args.activation), calls=1)
+    gc.collect()
+    model, config = build(args.kind, args.size, args.width, args.activation)
+    result = measure_case(model, config, args.calls)
+    print(CHILD_MARKER + json.dumps(result), flush=True)
+    return 0
+
+
+def child_command(args: argparse.Namespace, kind: str, size: int) -> list[str]:
+    return [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--child",
+        kind,
+        str(size),
+        "--calls",
+        str(args.calls),
+        "--width",
+        str(args.width),
+        f"--activation={args.activation}",
+    ]
+
+
+def run_child(args: argparse.Namespace, kind: str, size: int, round_number: int) -> dict:
+    """Run one measurement in a fresh process; a failure raises with its stderr's last line."""
+    command = child_command(args, kind, size)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    completed = subprocess.run(command, capture_output=True, text=True, env=env)
+    lines = [line for line in completed.stdout.splitlines() if line.startswith(CHILD_MARKER)]
+    if completed.returncode == 0 and lines:
+        return json.loads(lines[-1][len(CHILD_MARKER) :])
+    if completed.returncode < 0:
+        status = f"was killed by signal {-completed.returncode}"
+    else:
+        status = f"exited {completed.returncode}"
+    stderr = completed.stderr.strip().splitlines()
+    reason = stderr[-1] if stderr else "(nothing on stderr)"
+    if completed.returncode == 0:
+        reason = f"printed no {CHILD_MARKER} line; {reason}"
+    raise BenchmarkError(
+        f"{KINDS[kind]} of {size} layers, round {round_number}: child process {status}: "
+        f"{reason}\n  rerun it alone: {shlex.join(command)}"
+    )
+
+
+def measure(args: argparse.Namespace) -> list[Case]:
+    byte_compile_normify()  # else every child would compile normify's modules again
+    cases = {(kind, size): Case(kind, size) for kind in args.kinds for size in args.sizes}
+    for round_number in range(1, args.repeat + 1):
+        log(f"round {round_number}/{args.repeat}")
         for kind in args.kinds:
-            order = [case for case in cases if case.kind == kind]
-            if round_number % 2:
-                order.reverse()  # neither the small nor the big models always go first
-            for case in order:
-                measure_case(case, round_number == 0, args.calls)
-    return cases
+            sizes = list(args.sizes)
+            if round_number % 2 == 0:
+                sizes.reverse()  # neither the small nor the big models always go first
+            for size in sizes:
+                result = run_child(args, kind, size, round_number)
+                cases[kind, size].add(result, round_number)
+                log(f"  {KINDS[kind]} of {size}: rebuild {result['seconds']['rebuild'][0]:.2f} s")
+    return list(cases.values())
 
 
 # ---------------------------------------------------------------------------- report
@@ -289,8 +371,10 @@ def render(
         "",
         f"Median time of each part over {args.repeat} round(s), sizes alternating within "
         f"each round: the rebuild once per round, every other part {args.calls} times; "
-        f"Dense({args.width}, activation={args.activation!r}) layers; each call timed "
-        "alone with the garbage collector off (run before it); none discarded. The strip, "
+        f"Dense({args.width}, activation={args.activation!r}) layers; every round of every "
+        "model in a fresh process (the rebuild adds nodes to the layers it shares), after "
+        "an untimed warm-up on a 3-layer model; each call timed alone with the garbage "
+        "collector off (run before it); none discarded. The strip, "
         f"fold and swap plans read the rewritten model ({layer_counts}).",
         conditions,
         "",
@@ -337,9 +421,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=5,
         help="Calls per round of every part but the rebuild (default %(default)s).",
     )
+    # One measurement, run by the benchmark itself in a fresh process (see the docstring).
+    parser.add_argument("--child", nargs=2, metavar=("KIND", "SIZE"), help=argparse.SUPPRESS)
     add_standard_options(parser, SECTION, DEFAULT_REPEAT)
     args = parser.parse_args(argv)
     check_standard_options(parser, args)
+    if args.child is not None:
+        args.kind, size = args.child
+        if args.kind not in KINDS or not size.isdigit() or int(size) < 1:
+            parser.error(f"--child KIND SIZE: KIND among {', '.join(KINDS)}, SIZE >= 1")
+        args.size = int(size)
     args.sizes = parse_int_list(args.sizes, "--sizes", parser)
     if len(args.sizes) < 2:
         parser.error("--sizes: give at least two sizes to compare")
@@ -354,12 +445,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.child is not None:
+        return child(args)
     timing = args.repeat >= MIN_REPEAT
     before = load_average()
     cases = run_guarded(SECTION, lambda: measure(args))
     if cases is None:
         return 2
-    conditions = describe_conditions(before, load_average())
+    conditions = describe_conditions(before, load_average(), byte_compiled=True)
     checks = judge(cases, args.sizes, timing)
     report = render(cases, checks, args, timing, conditions)
     return publish(SECTION, report, list(checks.values()), args, log)

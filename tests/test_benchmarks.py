@@ -159,7 +159,38 @@ def test_scaling_smoke() -> None:
     assert "Timing targets not judged" in out
     assert "- PASS: Functional residual chain of 8: add inserts 8 norms" in out
     assert "- FAIL" not in out
+    # Every (kind, size) of the round was measured by its own child process.
+    assert "every round of every model in a fresh process" in out
     assert "[scaling] round 1/1" in completed.stderr
+    for kind in ("Sequential chain", "Functional residual chain"):
+        for size in (4, 8):
+            assert f"[scaling]   {kind} of {size}: rebuild " in completed.stderr
+
+
+def test_scaling_reports_a_failed_child() -> None:
+    # Keras refuses the activation inside the child: the parent must say so in one
+    # line (the child's last stderr line), not replay its traceback, and exit 2.
+    completed = subprocess.run(
+        [
+            sys.executable,
+            str(BENCHMARKS / "scaling.py"),
+            "--sizes=4,8",
+            "--repeat=1",
+            "--activation=no_such_activation",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert completed.returncode == 2
+    assert completed.stdout == ""
+    assert (
+        "scaling: error: Sequential chain of 4 layers, round 1: child process exited 1: "
+        "ValueError:" in completed.stderr
+    )
+    assert "no_such_activation" in completed.stderr
+    assert "Traceback" not in completed.stderr
+    assert "--child sequential 4" in completed.stderr  # how to rerun it alone
 
 
 def test_scaling_refuses_to_write_smoke_results(tmp_path: Path) -> None:
