@@ -10,7 +10,11 @@ of `normify add`:
                from a file's config.json (here the same JSON Keras writes into a .keras)
   (b) plan:    `decide(graph, build_flow(graph), rules)` then `add_norms(...)`, as
                `normify.api.add` runs them
-  (c) rebuild: `normify.rebuild.rebuild(new_graph, share=True)`
+  (c) rebuild: `normify.rebuild.rebuild(new_graph, share=True)`, the rebuild of a model
+               in memory (and of a file when `add` cannot build it in one go)
+  (e) one build: what `normify add` does with a `.keras` file: the planned graph of the
+               file's config built once, the weights read from the file
+               (`normify.weightfile`); the model is saved, untimed, to a temporary file
 
 and, on the graph of the rewritten model (N BatchNormalizations), the plans of the
 passes that remove or replace norms: `strip_norms`, `fold_batchnorms` and `swap_norms`
@@ -24,11 +28,11 @@ Activation, the heavier path (`--activation linear` measures the other one).
 
 There are `--repeat` rounds (default 5: the rebuilds of the 2000-layer models take tens
 of seconds each); within a round each kind goes through all sizes, in reverse order every
-other round, so drifting machine load hits all sizes alike. In each round the rebuild runs
-once and every other part, which takes milliseconds, `--calls` times (default 5), so its
-median is not at the mercy of one disturbed call. Each call is timed alone, with the
-garbage collector run before it and kept off during it (as `timeit` does); no call is
-discarded. Medians are reported with the ratios between consecutive sizes.
+other round, so drifting machine load hits all sizes alike. In each round the rebuild and
+the one build run once and every other part, which takes milliseconds, `--calls` times
+(default 5), so its median is not at the mercy of one disturbed call. Each call is timed
+alone, with the garbage collector run before it and kept off during it (as `timeit`
+does); no call is discarded. Medians are reported with the ratios between consecutive sizes.
 
 Every measurement (one kind, one size, one round) runs in a fresh child process: this
 script again, with a hidden `--child KIND SIZE` option, which builds the model, times
@@ -70,6 +74,7 @@ import shlex
 import statistics
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,6 +113,7 @@ PARTS = (
     ("config", "(d) graph from config.json"),
     ("plan", "(b) add plan (decide + add_norms)"),
     ("rebuild", "(c) rebuild"),
+    ("one_build", "(e) one build from the .keras file"),
     ("strip", "strip plan (N BatchNormalizations)"),
     ("fold", "fold plan (N BatchNormalizations)"),
     ("swap", "swap plan, BatchNormalization to LayerNormalization"),
@@ -183,11 +189,13 @@ def build(kind: str, size: int, width: int, activation: str) -> tuple[Any, dict[
 
 
 def measure_case(model: Any, config: dict[str, Any], calls: int) -> dict[str, Any]:
-    """Time every part on one model: the rebuild once, the others `calls` times each.
+    """Time every part on one model: the rebuild and the one build once, the others
+    `calls` times each.
 
     Returns `{"seconds": {part: [seconds, ...]}, "counts": {...}}`, what a child prints.
     """
     from normify import graph as graphs
+    from normify import io
     from normify.flow import build_flow
     from normify.passes.add import add_norms
     from normify.passes.fold import fold_batchnorms
@@ -195,6 +203,7 @@ def measure_case(model: Any, config: dict[str, Any], calls: int) -> dict[str, An
     from normify.passes.swap import swap_norms
     from normify.rebuild import rebuild
     from normify.rules import Rules, decide
+    from normify.weightfile import WeightFile
 
     rules = Rules()
     seconds: dict[str, list[float]] = {}
@@ -213,6 +222,19 @@ def measure_case(model: Any, config: dict[str, Any], calls: int) -> dict[str, An
     new_graph, insertions = record("plan", lambda: plan(graph))
     rebuilt = record("rebuild", lambda: rebuild(new_graph, share=True), times=1)
     counts = {"insertions": len(insertions), "layers": len(rebuilt.layers)}
+    # `normify add` on a file: plan on its config, build once with the file's weights
+    with tempfile.TemporaryDirectory(prefix="normify-scaling-") as folder:
+        path = io.save_model(model, Path(folder) / "model.keras")
+        file_graph = graphs.from_config(io.read_config(path), source=path)
+        new_file_graph, _ = plan(file_graph)
+
+        def build_once() -> Any:
+            with WeightFile(path, file_graph) as weights:
+                return rebuild(new_file_graph, weights=weights)
+
+        built = record("one_build", build_once, times=1)
+        counts["one_build_layers"] = len(built.layers)
+        del built
     # strip, fold and swap read a rewritten model: the graph of the one just rebuilt
     normified = graphs.from_model(rebuilt)
     del rebuilt
@@ -321,9 +343,11 @@ def judge(cases: Sequence[Case], sizes: Sequence[int], timing: bool) -> dict[tup
             checks["counts", kind, size] = Check(
                 f"{KINDS[kind]} of {size}: add inserts {got['insertions']} norms (expected "
                 f"{wanted}); strip removes {got['strip']}, fold folds {got['fold']}, swap "
-                f"replaces {got['swap']} of them",
+                f"replaces {got['swap']} of them; the one build from the file has "
+                f"{got['one_build_layers']} layers (the rebuild {got['layers']})",
                 got["insertions"] == wanted
-                and got["strip"] == got["fold"] == got["swap"] == wanted,
+                and got["strip"] == got["fold"] == got["swap"] == wanted
+                and got["one_build_layers"] == got["layers"],
             )
     return checks
 
@@ -370,7 +394,8 @@ def render(
         f"Measured {machine_summary()}.",
         "",
         f"Median time of each part over {args.repeat} round(s), sizes alternating within "
-        f"each round: the rebuild once per round, every other part {args.calls} times; "
+        "each round: the rebuild and the one build once per round, every other part "
+        f"{args.calls} times; "
         f"Dense({args.width}, activation={args.activation!r}) layers; every round of every "
         "model in a fresh process (the rebuild adds nodes to the layers it shares), after "
         "an untimed warm-up on a 3-layer model; each call timed alone with the garbage "
