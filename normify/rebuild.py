@@ -114,8 +114,20 @@ class _Builder:
                 self._input_layer(spec) if spec.kind == kinds.INPUT else self.layer(spec, graph)
             )
             previous = TensorRef(node.id, 0)
-        model = self.keras.Sequential(objects, name=graph.name)
+        model = self._new_sequential(objects, graph.name)
         self._copy_model_attributes(graph, model)
+        return model
+
+    def _new_sequential(self, layers: list[Any], name: str) -> Any:
+        """`keras.Sequential(layers)`, without its check of each layer's name against every
+        layer before it (quadratic: 1.3 s at 6000 layers). A graph's names are unique."""
+        model = self.keras.Sequential(name=name)
+        if not hasattr(model, "_maybe_rebuild") or not isinstance(model._layers, list):
+            return self.keras.Sequential(layers, name=name)  # a Keras laid out otherwise
+        for layer in layers:
+            model._layers.append(layer)
+        if layers:
+            model._maybe_rebuild()
         return model
 
     def _functional(self, graph: Graph) -> Any:

@@ -165,6 +165,7 @@ def weight_groups(graph: Graph, group: str = "") -> dict[int, str]:
     """The weights group of every layer of `graph` (built from a config), keyed by the
     identity of its config entry: Keras names a model's layers after their class, in
     layer order, numbered from the second of a class (`dense`, `dense_1`, ...)."""
+    keras()  # imported quietly first (TensorFlow's notices)
     from keras.src.utils import naming
 
     groups: dict[int, str] = {}
