@@ -194,7 +194,8 @@ def test_nested_models_kept_and_changed(tmp_path, monkeypatch):
     one_build, standard = add_both_ways(path, monkeypatch, exclude=["kept_tower/*", "encoder/*"])
     assert_same_result(one_build, standard)
     targets = {insertion.target for insertion in one_build.report.insertions}
-    assert {"frozen", "outer/outer_dense", "outer/inner/dense"} <= targets
+    assert {"frozen", "outer/outer_dense"} <= targets
+    assert any(target.startswith("outer/inner/") for target in targets)
     assert not any(t.startswith(("kept_tower/", "encoder/")) for t in targets)
     assert one_build.model.get_layer("frozen").trainable is False
 
