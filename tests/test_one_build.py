@@ -305,3 +305,25 @@ def test_saving_skipsets_are_cached_with_the_value_keras_computes():
         keras.backend.clear_session()
     mend_saving_cache()  # refilled after Keras' global state was cleared
     assert saving_lib.get_attr_skipset("Functional") is saving_lib.get_attr_skipset("Functional")
+
+
+# ------------------------------------------------------------ the command line's GC
+
+
+def test_cli_rewrite_keeps_imports_out_of_collections_then_hands_them_back(tmp_path, monkeypatch):
+    import gc
+
+    from helpers import run_cli
+
+    frozen_during = []
+    original_add = api.add
+
+    def add(*args, **kwargs):
+        frozen_during.append(gc.get_freeze_count())
+        return original_add(*args, **kwargs)
+
+    monkeypatch.setattr(api, "add", add)
+    result = run_cli("add", FIXTURES / "mlp.keras", "-o", tmp_path / "out.keras")
+    assert result.exit_code == 0, result.output
+    assert frozen_during and frozen_during[0] > 10_000  # Keras and TensorFlow's objects
+    assert gc.get_freeze_count() == 0
