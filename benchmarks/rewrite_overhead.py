@@ -82,6 +82,8 @@ if mode == "normify":
     mark("import normify")
     from normify.backend import keras
     keras()
+    import gc
+    gc.freeze()  # as the command line does once Keras is imported (normify.cli)
     mark("import keras")
     config = io.read_config(path)
     graph = graphs.from_config(config, source=path)

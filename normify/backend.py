@@ -98,8 +98,8 @@ def mend_saving_cache() -> None:
     For every layer it saves or loads, Keras 3.15's `saving_lib.get_attr_skipset`
     builds a throwaway `Layer()` and lists its attributes (about 1.5 ms): it stores the
     result under `saving_attr_skipset_<type>` but looks it up under
-    `saving_attr_skiplist_<type>`, so the cache never hits (0.6 s to load a DenseNet121,
-    as much to save it). This stores the very value it computes under the key it looks
+    `saving_attr_skiplist_<type>`, so the cache never hits (about 0.3 s of a DenseNet121's
+    load, as much of its save). This stores the very value it computes under the key it looks
     up. Idempotent; does nothing on a Keras without that function.
     """
     try:

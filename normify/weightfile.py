@@ -22,6 +22,7 @@ Only Keras 3 archives holding exactly `config.json`, `metadata.json` and
 from __future__ import annotations
 
 import io
+import tempfile
 import warnings
 import zipfile
 from pathlib import Path
@@ -35,6 +36,9 @@ from normify.graph import Graph, LayerSpec
 CONFIG = "config.json"
 METADATA = "metadata.json"
 WEIGHTS = "model.weights.h5"
+# Keras reads weights into memory when they take less than this share of the available
+# memory (`saving_lib.is_memory_sufficient`), else from a file extracted from the archive.
+MEMORY_SHARE = 0.5
 # Groups at the top of a model's weights file: the layers, the model's own (empty)
 # variables, and the optimizer's, which a rewrite does not carry.
 TOP_GROUPS = {"layers", "vars", "optimizer"}
@@ -79,22 +83,22 @@ class WeightFile:
         self._originals: dict[int, Any] = {}
         self._store: Any = None
         self._sharing: Any = None
+        self._extracted: tempfile.TemporaryDirectory[str] | None = None
 
     def __enter__(self) -> WeightFile:
         from keras.src.saving import serialization_lib
 
         from normify.backend import mend_saving_cache
-        from normify.io import _check_member_size
 
         mend_saving_cache()
-        with zipfile.ZipFile(self.path) as archive:
-            info = archive.getinfo(WEIGHTS)
-            _check_member_size(info, self.path.stat().st_size, self.path)
-            content = io.BytesIO(archive.read(WEIGHTS))
-        self._store = _recording_store(content)
+        try:
+            self._store = _recording_store(self._weights_source())
+        except BaseException:
+            self._remove_extracted()
+            raise
         top = set(self._store.h5_file.keys())
         if not top <= TOP_GROUPS or len(self._store.h5_file.get("vars", ())):
-            self._store.close()
+            self.__exit__(None, None, None)
             raise WeightFileError(f"unexpected weight groups {sorted(top - TOP_GROUPS)}")
         # as `keras.saving.load_model` deserializes (objects shared by id in old configs)
         self._sharing = serialization_lib.ObjectSharingScope()
@@ -102,8 +106,34 @@ class WeightFile:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._sharing.__exit__(*exc)
+        if self._sharing is not None:
+            self._sharing.__exit__(*exc)
         self._store.close()
+        self._remove_extracted()
+
+    def _weights_source(self) -> io.BytesIO | Path:
+        """The weights file in memory, or, as Keras does for weights that would take more
+        than half the available memory, extracted to a temporary folder beside the model
+        (the system's temporary folder if that is not writable)."""
+        from normify.io import _check_member_size
+
+        with zipfile.ZipFile(self.path) as archive:
+            info = archive.getinfo(WEIGHTS)
+            _check_member_size(info, self.path.stat().st_size, self.path)
+            if info.file_size < MEMORY_SHARE * _available_memory():
+                return io.BytesIO(archive.read(WEIGHTS))
+            try:
+                self._extracted = tempfile.TemporaryDirectory(
+                    prefix=".normify-", dir=self.path.parent
+                )
+            except OSError:
+                self._extracted = tempfile.TemporaryDirectory(prefix="normify-")
+            return Path(archive.extract(WEIGHTS, self._extracted.name))
+
+    def _remove_extracted(self) -> None:
+        if self._extracted is not None:
+            self._extracted.cleanup()
+            self._extracted = None
 
     def deserialize(self, spec: LayerSpec) -> Any:
         """A new layer (or nested model, or operation) from its entry in the config,
@@ -187,12 +217,21 @@ def weight_groups(graph: Graph, group: str = "") -> dict[int, str]:
     return groups
 
 
-def _recording_store(content: io.BytesIO) -> Any:
+def _available_memory() -> int:
+    """As Keras reckons it: psutil's figure when installed, else 1 GB."""
+    try:
+        import psutil
+    except ImportError:
+        return 1024**3
+    return int(psutil.virtual_memory().available)
+
+
+def _recording_store(content: io.BytesIO | Path) -> Any:
     """Keras' H5 store (its loader accepts no other), remembering each path asked for."""
     from keras.src.saving.saving_lib import H5IOStore
 
     class RecordingStore(H5IOStore):
-        def __init__(self, source: io.BytesIO) -> None:
+        def __init__(self, source: io.BytesIO | Path) -> None:
             super().__init__(source, mode="r")
             self.read: set[str] = set()
 

@@ -327,3 +327,38 @@ def test_cli_rewrite_keeps_imports_out_of_collections_then_hands_them_back(tmp_p
     assert result.exit_code == 0, result.output
     assert frozen_during and frozen_during[0] > 10_000  # Keras and TensorFlow's objects
     assert gc.get_freeze_count() == 0
+
+
+def test_a_channels_first_bias_of_unknown_shape_goes_through_keras(tmp_path, monkeypatch):
+    """Whether Keras misapplied a channels_first bias depends on the output shape, which
+    the config does not record for a model output: the live model must decide."""
+    inputs = keras.Input((3, 6, 6))
+    outputs = layers.Conv2D(4, 3, data_format="channels_first", name="conv")(inputs)
+    path = io.save_model(keras.Model(inputs, outputs), tmp_path / "cf.keras")
+    spy = OneBuildSpy(monkeypatch)
+    result = normify.add(path, include_output=True)
+    assert spy.taken == [False]
+    (insertion,) = result.report.insertions
+    assert insertion.bias_moved and insertion.note and not insertion.exact  # width 4 == 4 channels
+
+
+def test_big_weights_are_read_from_an_extracted_file_removed_afterwards(tmp_path, monkeypatch):
+    """Weights that would take over half the available memory are extracted beside the
+    model, as Keras does, not read into memory; the extracted copy does not outlive add."""
+    path = tmp_path / "mlp.keras"
+    shutil.copy(FIXTURES / "mlp.keras", path)
+    monkeypatch.setattr(weightfile, "_available_memory", lambda: 1)
+    extracted = []
+    original_source = weightfile.WeightFile._weights_source
+
+    def source(self):
+        found = original_source(self)
+        extracted.append(found)
+        return found
+
+    monkeypatch.setattr(weightfile.WeightFile, "_weights_source", source)
+    one_build, standard = add_both_ways(path, monkeypatch)
+    assert_same_result(one_build, standard)
+    (weights_file,) = extracted
+    assert weights_file.name == weightfile.WEIGHTS and weights_file.parent.parent == tmp_path
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mlp.keras"]
