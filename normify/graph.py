@@ -7,7 +7,8 @@ layers are addressed by path (`encoder/dense_1`).
 
 The same graph can be built from a model config (`from_config`, no backend needed) or
 from a live `keras.Model` (`from_model`). Passes return edited copies; `rebuild` turns a
-graph built from a live model back into a model.
+graph back into a model: one built from a live model, or one built from a file's config
+together with that file's weights (`normify.weightfile`).
 
 This module must not import Keras: `normify audit` reads files without a backend.
 """
@@ -124,7 +125,7 @@ class Graph:
     outputs: Any
     opaque_reason: str | None = None
     obj: Any = field(default=None, repr=False, compare=False)
-    trainable: bool = True
+    trainable: bool = True  # from the config; a live model's own flag is read from `obj`
     # Static shapes of the tensors that flow between nodes (batch dimension included),
     # where known: what some rules need (a channels_first bias, a channel count).
     shapes: dict[TensorRef, tuple[int | None, ...]] = field(default_factory=dict, compare=False)
