@@ -273,9 +273,8 @@ def _add_in_one_build(
         return None
     decisions = decide(graph, build_flow(graph), rules)
     new_graph, insertions = add_norms(graph, decisions, rules)
-    if not insertions or not all(insertion.exact for insertion in insertions):
-        return None
-    if _needs_live_shapes(graph, insertions):
+    # exactness that hangs on a shape only the live model knows is for the live model to say
+    if not insertions or not all(i.exact and not i.bias_shape_unknown for i in insertions):
         return None
     source = _Source(None, graph, str(path), share=True, notices=[])
     compile_config = config.get("compile_config")
@@ -293,24 +292,6 @@ def _add_in_one_build(
         return None
     source.notices.extend(line for line in _warning_lines(caught) if line not in source.notices)
     return source, decisions, insertions, model
-
-
-def _needs_live_shapes(graph: graphs.Graph, insertions: list[Insertion]) -> bool:
-    """Whether an insertion's exactness hangs on a shape the config does not record: a
-    channels_first bias moved into a norm is exact unless Keras misapplied it, which
-    depends on the layer's output shape (always known in a live model)."""
-    from normify.norms import misapplies_channels_first_bias
-
-    for insertion in insertions:
-        if not insertion.bias_moved or insertion.axis < 0:
-            continue
-        owner = graphs.graph_at(graph, insertion.target)
-        name = insertion.target.rsplit("/", 1)[-1]
-        spec, calls = owner.layers[name], owner.nodes_of(name)
-        shape = owner.shapes.get(graphs.TensorRef(calls[0].id, 0)) if calls else None
-        if misapplies_channels_first_bias(spec.class_name, spec.config, shape) is None:
-            return True
-    return False
 
 
 def _fresh_without_data(model: Any, paths: list[str]) -> None:

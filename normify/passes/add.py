@@ -18,7 +18,7 @@ A BatchNormalization inserted directly after a linear op takes over its bias as 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -58,6 +58,9 @@ class Insertion:
     note: str | None = None
     replaces: str = ""  # path of the layer whose output the new chain now stands in for
     chain_end: str = ""  # path of the last new layer, whose output replaces it
+    # A moved channels_first bias whose output shape the graph does not record (a graph
+    # from a config): whether Keras misapplied it, and so `exact`, is not known here.
+    bias_shape_unknown: bool = field(default=False, compare=False)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -220,6 +223,7 @@ def _insert(
         note=note,
         replaces=prefix_path + replaced_layer,
         chain_end=prefix_path + chain_end,
+        bias_shape_unknown=bias_moved and misapplied is None,
     )
 
 
