@@ -10,6 +10,7 @@ import argparse
 import compileall
 import gc
 import importlib.util
+import json
 import os
 import re
 import statistics
@@ -20,7 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from _results import RESULTS_PATH, replace_section, usable_cores
 
@@ -110,6 +111,15 @@ def ensure_models(
         if completed.returncode != 0:
             raise BenchmarkError(f"building models failed:\n{tail(completed.stderr)}")
     return paths
+
+
+def marked_json(stdout: str, marker: str) -> Any:
+    """The JSON after `marker` on the last line of `stdout` that starts with it, None if no
+    line does: how a benchmark's child process hands back what it measured."""
+    for line in reversed(stdout.splitlines()):
+        if line.startswith(marker):
+            return json.loads(line[len(marker) :])
+    return None
 
 
 def tail(text: str, lines: int = 15) -> str:

@@ -28,7 +28,6 @@ this process never imports Keras either, and cached as .keras files for reuse.
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -50,6 +49,7 @@ from _common import (  # noqa: E402
     ensure_models,
     file_size,
     load_average,
+    marked_json,
     tail,
     timed_run,
 )
@@ -103,9 +103,9 @@ def backend_modules_after_audit(path: Path) -> list[str]:
     completed = subprocess.run(
         [sys.executable, "-c", BACKEND_SCRIPT, str(path)], capture_output=True, text=True
     )
-    for line in reversed(completed.stdout.splitlines()):
-        if line.startswith(BACKEND_MARKER):
-            return json.loads(line[len(BACKEND_MARKER) :])
+    found = marked_json(completed.stdout, BACKEND_MARKER)
+    if found is not None:
+        return found
     raise BenchmarkError(
         f"in-process audit of {path} failed (exit {completed.returncode}):\n"
         f"{tail(completed.stderr)}"

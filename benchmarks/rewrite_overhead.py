@@ -49,6 +49,7 @@ from _common import (  # noqa: E402
     ensure_models,
     file_size,
     load_average,
+    marked_json,
     tail,
     timed_run,
 )
@@ -148,9 +149,9 @@ def split_run(path: Path, output: Path, mode: str, env: dict[str, str]) -> dict[
         text=True,
         env=env,
     )
-    for line in reversed(completed.stdout.splitlines()):
-        if line.startswith(SPLIT_MARKER):
-            return json.loads(line[len(SPLIT_MARKER) :])
+    parts = marked_json(completed.stdout, SPLIT_MARKER)
+    if parts is not None:
+        return parts
     raise BenchmarkError(
         f"in-process split ({mode}) of {path} failed (exit {completed.returncode}):\n"
         f"{tail(completed.stderr)}"

@@ -92,6 +92,7 @@ from _common import (  # noqa: E402
     check_standard_options,
     describe_conditions,
     load_average,
+    marked_json,
     parse_int_list,
     publish,
     run_guarded,
@@ -283,9 +284,9 @@ def run_child(args: argparse.Namespace, kind: str, size: int, round_number: int)
     command = child_command(args, kind, size)
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     completed = subprocess.run(command, capture_output=True, text=True, env=env)
-    lines = [line for line in completed.stdout.splitlines() if line.startswith(CHILD_MARKER)]
-    if completed.returncode == 0 and lines:
-        return json.loads(lines[-1][len(CHILD_MARKER) :])
+    result = marked_json(completed.stdout, CHILD_MARKER)
+    if completed.returncode == 0 and result is not None:
+        return result
     if completed.returncode < 0:
         status = f"was killed by signal {-completed.returncode}"
     else:
