@@ -89,18 +89,20 @@ class Flow:
         and a nested model's sites are inlined where it is called), so asking about every
         site costs as much as asking about one: no walk back from each site.
         """
+        sources = {key for key, site in self.sites.items() if _makes_mask(site.spec)}
         masked: set[str] = set()
+        if not sources:
+            return masked
         for key, site in self.sites.items():
             for producer_key, _ in site.inputs:
-                producer = self.sites[producer_key].spec
-                if (
-                    producer_key in masked
-                    or producer.class_name == "Masking"
-                    or producer.config.get("mask_zero")
-                ):
+                if producer_key in masked or producer_key in sources:
                     masked.add(key)
                     break
         return masked
+
+
+def _makes_mask(spec: LayerSpec) -> bool:
+    return spec.class_name == "Masking" or bool(spec.config.get("mask_zero"))
 
 
 def build_flow(graph: Graph) -> Flow:

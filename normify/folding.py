@@ -11,7 +11,6 @@ layers, and keeps Keras out of the import path of everything that only needs the
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -106,11 +105,15 @@ def folded_config(class_name: str, config: dict) -> dict:
     EinsumDense has no `use_bias`; its bias lives on `bias_axes`, the output channel letter.
     """
     target = _target(class_name, config)
-    new = copy.deepcopy(config)
+    # Only the dicts on the way to the edited key are copied; the rest (initializers,
+    # dtype policy) is shared with `config`, as every pass shares it: configs are
+    # replaced, never edited in place.
+    new = dict(config)
     inner = new
     while class_name in _WRAPPERS:
-        class_name = inner["layer"]["class_name"]
-        inner = inner["layer"]["config"]
+        layer = inner["layer"] = dict(inner["layer"])
+        class_name = layer["class_name"]
+        inner = layer["config"] = dict(layer["config"])
     if target.einsum_channel is not None:
         inner["bias_axes"] = target.einsum_channel
     else:

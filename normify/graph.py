@@ -15,7 +15,6 @@ This module must not import Keras: `normify audit` reads files without a backend
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -99,9 +98,7 @@ class Node:
 
     @property
     def inputs(self) -> list[TensorRef]:
-        return [
-            leaf for leaf in iter_leaves((self.args, self.kwargs)) if isinstance(leaf, TensorRef)
-        ]
+        return tensor_refs((self.args, self.kwargs))
 
     @property
     def data_input(self) -> TensorRef | None:
@@ -131,15 +128,25 @@ class Graph:
     shapes: dict[TensorRef, tuple[int | None, ...]] = field(default_factory=dict, compare=False)
 
     def copy(self) -> Graph:
-        """A copy whose dicts and specs can be edited without touching this graph."""
-        return dataclasses.replace(
-            self,
-            layers={name: dataclasses.replace(spec) for name, spec in self.layers.items()},
-            nodes={node_id: dataclasses.replace(node) for node_id, node in self.nodes.items()},
-        )
+        """A copy whose `layers` and `nodes` dicts can be edited without touching this
+        graph. The specs and nodes in them are shared: an edit puts a new spec or node in
+        place of the old one, never changes one in place (copy on write), so a pass over a
+        model of thousands of layers copies only what it edits."""
+        copied = shallow_copy(self)
+        copied.layers = dict(self.layers)
+        copied.nodes = dict(self.nodes)
+        return copied
 
     def nodes_of(self, layer_name: str) -> list[Node]:
         return [node for node in self.nodes.values() if node.layer == layer_name]
+
+
+def shallow_copy(obj: Any) -> Any:
+    """A copy of a spec, node or graph sharing its field values: what
+    `dataclasses.replace(obj)` gives, at the cost of one dict copy."""
+    copied = object.__new__(type(obj))
+    copied.__dict__.update(obj.__dict__)
+    return copied
 
 
 def node_id(layer_name: str, call_index: int) -> str:
@@ -174,7 +181,23 @@ def map_leaves(function: Callable[[Any], Any], structure: Any) -> Any:
 
 
 def tensor_refs(structure: Any) -> list[TensorRef]:
-    return [leaf for leaf in iter_leaves(structure) if isinstance(leaf, TensorRef)]
+    """The `TensorRef` leaves of `structure`, in order (`iter_leaves`, filtered)."""
+    found: list[TensorRef] = []
+    _collect_refs(structure, found)
+    return found
+
+
+def _collect_refs(structure: Any, found: list[TensorRef]) -> None:
+    # Recursion into a list rather than nested generators: every pass asks every node
+    # for its inputs, on models of thousands of nodes.
+    if isinstance(structure, TensorRef):
+        found.append(structure)
+    elif isinstance(structure, (list, tuple)):
+        for item in structure:
+            _collect_refs(item, found)
+    elif isinstance(structure, dict):
+        for value in structure.values():
+            _collect_refs(value, found)
 
 
 # ------------------------------------------------------------------------ walking paths

@@ -307,10 +307,14 @@ def _rename_layer(graph: Graph, old: str, new: str) -> None:
 
     nodes = {}
     for node in graph.nodes.values():
-        node.args = map_leaves(rename_ref, node.args)
-        node.kwargs = map_leaves(rename_ref, node.kwargs)
-        if node.layer == old:
-            node = dataclasses.replace(node, id=id_map[node.id], layer=new)
+        if node.layer == old or any(ref.node in id_map for ref in node.inputs):
+            node = dataclasses.replace(  # a new node: the old one may be the original's
+                node,
+                id=id_map.get(node.id, node.id),
+                layer=new if node.layer == old else node.layer,
+                args=map_leaves(rename_ref, node.args),
+                kwargs=map_leaves(rename_ref, node.kwargs),
+            )
         nodes[node.id] = node
     graph.nodes = nodes
     graph.outputs = map_leaves(rename_ref, graph.outputs)

@@ -6,7 +6,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from normify.graph import MODIFIED, Graph, Node, TensorRef, all_layer_names, map_leaves, tensor_refs
+from normify.graph import (
+    MODIFIED,
+    Graph,
+    Node,
+    TensorRef,
+    all_layer_names,
+    map_leaves,
+    shallow_copy,
+    tensor_refs,
+)
 
 
 @dataclass(frozen=True)
@@ -21,37 +30,39 @@ class Kept:
 
 
 class Editor:
-    """Edits a copy of a graph; nested graphs are copied the first time they are touched.
+    """Edits a copy of a graph, copy on write: nested graphs are copied the first time
+    they are touched, and a spec or node is copied when it is edited (`Graph.copy`).
 
     Passes edit models of thousands of layers (`add` splices a chain in after every dense
     layer, `strip` and `fold` take one node out per norm), so every edit must cost what it
     touches, not the whole graph: the editor keeps per-graph indexes of calls and readers,
     which `splice` and `remove` keep up to date, and puts spliced nodes in order once, in
     `finish()`. Passes look calls and readers up here rather than scan `graph.nodes` for
-    each layer they edit.
+    each layer they edit. The indexes hold node ids, not nodes: an edited node is a new
+    object in `graph.nodes`.
     """
 
     def __init__(self, graph: Graph) -> None:
         self.root = graph.copy()
         self.taken = all_layer_names(graph)
         self._copied: set[str] = {""}
-        self._calls: dict[int, dict[str, list[Node]]] = {}
+        self._calls: dict[int, dict[str, list[str]]] = {}
         # reader node ids of each tensor, as ordered sets (dicts): graph order, then the
         # readers an edit redirected to it
         self._readers: dict[int, dict[TensorRef, dict[str, None]]] = {}
-        self._after: dict[int, dict[str, list[Node]]] = {}
+        self._after: dict[int, dict[str, list[str]]] = {}
         self._graphs: dict[int, Graph] = {}
 
     def calls(self, graph: Graph, layer: str) -> list[Node]:
         """The calls of `layer` in `graph`, in graph order (indexed; a new list)."""
-        return list(self._calls_index(graph).get(layer, ()))
+        return [graph.nodes[node_id] for node_id in self._calls_index(graph).get(layer, ())]
 
-    def _calls_index(self, graph: Graph) -> dict[str, list[Node]]:
+    def _calls_index(self, graph: Graph) -> dict[str, list[str]]:
         index = self._calls.get(id(graph))
         if index is None:
             index = {}
             for node in graph.nodes.values():
-                index.setdefault(node.layer, []).append(node)
+                index.setdefault(node.layer, []).append(node.id)
             self._calls[id(graph)] = index
             self._graphs[id(graph)] = graph
         return index
@@ -84,17 +95,23 @@ class Editor:
         for node in chain:
             graph.nodes[node.id] = node
             if calls is not None:
-                calls.setdefault(node.layer, []).append(node)
-        self._after.setdefault(id(graph), {}).setdefault(source.node, []).extend(chain)
+                calls.setdefault(node.layer, []).append(node.id)
+        self._after.setdefault(id(graph), {}).setdefault(source.node, []).extend(
+            node.id for node in chain
+        )
         self._graphs[id(graph)] = graph
 
     def _redirect_readers(self, graph: Graph, old: TensorRef, new: TensorRef) -> list[Node]:
-        """Make every reader of `old` (and the graph's outputs) read `new`; the readers."""
-        readers = self.readers(graph, old)
+        """Make every reader of `old` (and the graph's outputs) read `new`; the readers,
+        which are new nodes in place of the old ones."""
         swap = _swapper(old, new)
-        for reader in readers:
+        readers = []
+        for reader in self.readers(graph, old):
+            reader = shallow_copy(reader)
             reader.args = map_leaves(swap, reader.args)
             reader.kwargs = map_leaves(swap, reader.kwargs)
+            graph.nodes[reader.id] = reader
+            readers.append(reader)
         graph.outputs = map_leaves(swap, graph.outputs)
         return readers
 
@@ -116,7 +133,7 @@ class Editor:
         index.setdefault(source, {}).update(dict.fromkeys(reader.id for reader in readers))
         del graph.nodes[node_id]
         calls = self._calls_index(graph)
-        remaining = [call for call in calls.get(node.layer, ()) if call.id != node_id]
+        remaining = [call for call in calls.get(node.layer, ()) if call != node_id]
         if remaining:
             calls[node.layer] = remaining
         else:
@@ -134,11 +151,11 @@ class Editor:
         renames nodes (the indexes are keyed by node id)."""
         after = self._after.pop(id(graph), {})
         if after:
-            spliced = {node.id for chain in after.values() for node in chain}
+            spliced = {node_id for chain in after.values() for node_id in chain}
             ordered: dict[str, Node] = {}
             for node in graph.nodes.values():
                 if node.id not in spliced:
-                    _place(node, after, ordered)
+                    _place(node, after, graph.nodes, ordered)
             graph.nodes = ordered
         self._calls.pop(id(graph), None)
         self._readers.pop(id(graph), None)
@@ -151,6 +168,7 @@ class Editor:
             spec = graph.layers[part]
             assert spec.subgraph is not None, f"{walked} is not a nested model"
             if walked not in self._copied:
+                spec = graph.layers[part] = shallow_copy(spec)
                 spec.subgraph = spec.subgraph.copy()
                 spec.status = MODIFIED
                 self._copied.add(walked)
@@ -167,10 +185,12 @@ class Editor:
         return name
 
 
-def _place(node: Node, after: dict[str, list[Node]], ordered: dict[str, Node]) -> None:
+def _place(
+    node: Node, after: dict[str, list[str]], nodes: dict[str, Node], ordered: dict[str, Node]
+) -> None:
     ordered[node.id] = node
     for follower in after.get(node.id, []):
-        _place(follower, after, ordered)
+        _place(nodes[follower], after, nodes, ordered)
 
 
 def output_refs(graph: Graph) -> list[TensorRef]:

@@ -89,12 +89,8 @@ def swap_norms(
 
 
 def _masked_paths(flow: Flow) -> set[str]:
-    masked = flow.masked_sites()
-    return {
-        site.path
-        for site in flow.sites.values()
-        if site.spec.kind == kinds.NORM and site.key in masked
-    }
+    masked = (flow.sites[key] for key in flow.masked_sites())
+    return {site.path for site in masked if site.spec.kind == kinds.NORM}
 
 
 def _replace(
