@@ -98,7 +98,11 @@ class Node:
 
     @property
     def inputs(self) -> list[TensorRef]:
-        return tensor_refs((self.args, self.kwargs))
+        found: list[TensorRef] = []
+        _collect_refs(self.args, found)
+        if self.kwargs:
+            _collect_refs(self.kwargs, found)
+        return found
 
     @property
     def data_input(self) -> TensorRef | None:
@@ -480,16 +484,17 @@ def _topological(pending: list[Node], model_name: str) -> dict[str, Node]:
         if node.id in by_id:
             raise NormifyError(f"node {node.id!r} appears twice in {model_name}")
         by_id[node.id] = node
-    missing_inputs = {ref.node for node in pending for ref in node.inputs if ref.node not in by_id}
+    producers = {node.id: {ref.node for ref in node.inputs} for node in pending}
+    missing_inputs = {name for names in producers.values() for name in names if name not in by_id}
     if missing_inputs:
         raise NormifyError(
             f"{model_name} consumes tensors of unknown layer calls: {sorted(missing_inputs)[:3]}"
         )
-    remaining = {node.id: len({ref.node for ref in node.inputs}) for node in pending}
+    remaining = {node_id_: len(names) for node_id_, names in producers.items()}
     consumers: dict[str, list[str]] = {node.id: [] for node in pending}
-    for node in pending:
-        for producer in {ref.node for ref in node.inputs}:
-            consumers[producer].append(node.id)
+    for node_id_, names in producers.items():
+        for producer in names:
+            consumers[producer].append(node_id_)
     ready = [node.id for node in pending if remaining[node.id] == 0]
     position = {node.id: index for index, node in enumerate(pending)}
     ordered: dict[str, Node] = {}
