@@ -9,14 +9,17 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from normify import kinds
 from normify.graph import Graph, LayerSpec, TensorRef, tensor_refs
 
 
-@dataclass(frozen=True)
-class CallSite:
-    """One call of one layer, after inlining: `key` is unique, `path` names the layer."""
+class CallSite(NamedTuple):
+    """One call of one layer, after inlining: `key` is unique, `path` names the layer.
+
+    A named tuple, not a dataclass: a flow has one per layer call, and a plan builds a
+    flow of thousands of them."""
 
     key: str
     path: str
