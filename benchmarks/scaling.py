@@ -18,7 +18,9 @@ of `normify add`:
 
 and, on the graph of the rewritten model (N BatchNormalizations), the plans of the
 passes that remove or replace norms: `strip_norms`, `fold_batchnorms` and `swap_norms`
-(BatchNormalization to LayerNormalization).
+(BatchNormalization to LayerNormalization). A last row, not judged, is a reference: a
+shallow copy of every spec and node of that graph, a loop linear by construction, to read
+the millisecond-scale plans' ratios by (this machine's caches add to both).
 
 Two model kinds: a Sequential chain of Dense layers, and a Functional residual chain in
 which every block is `x = Add()([x, Dense(x)])`. The Dense layers are narrow (width 16:
