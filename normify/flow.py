@@ -88,9 +88,10 @@ class Flow:
         """The keys of the call sites a mask may flow into: those downstream of a
         mask_zero Embedding or a Masking layer, through any layers.
 
-        One pass over the sites, which are in topological order (each graph's nodes are,
-        and a nested model's sites are inlined where it is called), so asking about every
-        site costs as much as asking about one: no walk back from each site.
+        One pass over the sites finds the layers that make a mask; when there are any, one
+        more pass carries it forward. The sites are in topological order (each graph's
+        nodes are, and a nested model's sites are inlined where it is called), so asking
+        about every site costs as much as asking about one: no walk back from each site.
         """
         sources = {key for key, site in self.sites.items() if _makes_mask(site.spec)}
         masked: set[str] = set()
