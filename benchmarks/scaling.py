@@ -251,7 +251,7 @@ def measure_case(model: Any, config: dict[str, Any], calls: int) -> dict[str, An
     _, folds, _ = record("fold", lambda: fold_batchnorms(normified))
     _, swaps, _, _ = record(
         "swap",
-        lambda: swap_norms(normified, build_flow(normified), "batchnorm", "layernorm"),
+        lambda: swap_norms(normified, "batchnorm", "layernorm"),
     )
     record(
         "reference",

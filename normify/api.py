@@ -336,7 +336,6 @@ def swap(
     try:
         new_graph, swaps, kept, notices = swap_norms(
             source.graph,
-            build_flow(source.graph),
             from_norm,
             to_norm,
             groups=groups,
@@ -481,7 +480,7 @@ def plan_swap(
 
     graph = _readable_graph(path)
     _, swaps, kept, notices = swap_norms(
-        graph, build_flow(graph), from_norm, to_norm, groups=groups, include=tuple(include),
+        graph, from_norm, to_norm, groups=groups, include=tuple(include),
         exclude=tuple(exclude), allow_mask_loss=allow_mask_loss,
     )  # fmt: skip
     return RewriteReport("swap", str(path), swaps, kept, notices=notices)

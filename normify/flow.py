@@ -93,7 +93,7 @@ class Flow:
         nodes are, and a nested model's sites are inlined where it is called), so asking
         about every site costs as much as asking about one: no walk back from each site.
         """
-        sources = {key for key, site in self.sites.items() if _makes_mask(site.spec)}
+        sources = {key for key, site in self.sites.items() if makes_mask(site.spec)}
         masked: set[str] = set()
         if not sources:
             return masked
@@ -105,7 +105,8 @@ class Flow:
         return masked
 
 
-def _makes_mask(spec: LayerSpec) -> bool:
+def makes_mask(spec: LayerSpec) -> bool:
+    """Whether the layer makes a mask: a Masking layer, or any layer with `mask_zero`."""
     return spec.class_name == "Masking" or bool(spec.config.get("mask_zero"))
 
 

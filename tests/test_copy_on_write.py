@@ -94,8 +94,8 @@ def every_pass(graph: Graph, rules: Rules) -> Graph:
     strip_norms(graph, "batchnorm")
     strip_norms(graph, "all")
     fold_batchnorms(graph)
-    swap_norms(graph, build_flow(graph), "batchnorm", "layernorm")
-    swap_norms(graph, build_flow(graph), "layernorm", "rmsnorm", allow_mask_loss=True)
+    swap_norms(graph, "batchnorm", "layernorm")
+    swap_norms(graph, "layernorm", "rmsnorm", allow_mask_loss=True)
     return added
 
 

@@ -44,7 +44,8 @@ class Editor:
 
     def __init__(self, graph: Graph) -> None:
         self.root = graph.copy()
-        self.taken = all_layer_names(graph)
+        self._original = graph  # never edited (copy on write): the names `unique` avoids
+        self._taken: set[str] | None = None
         self._copied: set[str] = {""}
         self._calls: dict[int, dict[str, list[str]]] = {}
         # reader node ids of each tensor, as ordered sets (dicts): graph order, then the
@@ -177,11 +178,13 @@ class Editor:
 
     def unique(self, base: str) -> str:
         """`base`, or `base_1`, `base_2`, ... : unique across the whole model."""
+        if self._taken is None:  # on first use: only `add` makes new names
+            self._taken = all_layer_names(self._original)
         name, counter = base, 1
-        while name in self.taken:
+        while name in self._taken:
             name = f"{base}_{counter}"
             counter += 1
-        self.taken.add(name)
+        self._taken.add(name)
         return name
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from normify import kinds, norms
 from normify.errors import NormifyError
-from normify.flow import Flow
+from normify.flow import build_flow, makes_mask
 from normify.graph import INSERTED, Graph, LayerSpec, WeightFrom, walk_layers
 from normify.passes.edit import Editor, Kept
 from normify.rules import selected
@@ -42,7 +42,6 @@ class Replacement:
 
 def swap_norms(
     graph: Graph,
-    flow: Flow,
     source: str,
     target: str,
     *,
@@ -61,8 +60,12 @@ def swap_norms(
     from_class, to_class = kinds.NORM_NAMES[source], kinds.NORM_NAMES[target]
     editor = Editor(graph)
     replacements, kept, notices = [], [], []
-    masked = _masked_paths(flow)
-    chosen = [path for path, spec, _ in walk_layers(graph) if spec.class_name == from_class]
+    chosen, masks = [], False
+    for path, spec, _ in walk_layers(graph):
+        if spec.class_name == from_class:
+            chosen.append(path)
+        masks = masks or makes_mask(spec)
+    masked = _masked_norm_paths(graph) if masks else set()
     for path in chosen:
         reason = selected(path, include, exclude)
         if reason is not None:
@@ -88,7 +91,10 @@ def swap_norms(
     return editor.root, replacements, kept, notices
 
 
-def _masked_paths(flow: Flow) -> set[str]:
+def _masked_norm_paths(graph: Graph) -> set[str]:
+    """The norm layers a mask may flow into. Only asked when a layer makes a mask: the
+    flow inlines every call of the model, most of the cost of a swap plan."""
+    flow = build_flow(graph)
     masked = (flow.sites[key] for key in flow.masked_sites())
     return {site.path for site in masked if site.spec.kind == kinds.NORM}
 
