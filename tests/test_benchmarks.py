@@ -172,6 +172,40 @@ def test_scaling_smoke() -> None:
             assert f"[scaling]   {kind} of {size}: rebuild " in completed.stderr
 
 
+def _load_scaling_module() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("_bench_scaling", BENCHMARKS / "scaling.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(("strip_at_1000", "steps_pass"), [(1.0, True), (1.8, False)])
+def test_scaling_flags_a_step_between_smaller_sizes(strip_at_1000: float, steps_pass: bool) -> None:
+    """A part whose time jumps between two of the smaller sizes (as strip's did when `re`'s
+    pattern cache overflowed) fails the step check even when the judged 2000/1000 ratio
+    is linear."""
+    scaling = _load_scaling_module()
+    sizes = (250, 500, 1000, 2000)
+    cases = []
+    for size in sizes:
+        case = scaling.Case("sequential", size)
+        for part, _ in scaling.PARTS:
+            factor = strip_at_1000 if part == "strip" and size >= 1000 else 1.0
+            case.seconds[part] = [size * 1e-5 * factor]
+        done = size - 1  # the Sequential chain's output Dense gets no norm
+        case.counts = dict(insertions=done, strip=done, fold=done, swap=done)
+        case.counts.update(one_build_layers=3 * size, layers=3 * size)
+        cases.append(case)
+    checks = scaling.judge(cases, sizes, timing=True)
+    assert checks["ratio", "sequential", "strip"].passed  # 2000/1000 is exactly 2
+    step = checks["steps", "sequential"]
+    assert step.passed is steps_pass, step.description
+    if not steps_pass:
+        assert "strip plan (N BatchNormalizations) 1000/500, grows 1.80x" in step.description
+
+
 def test_scaling_reports_a_failed_child() -> None:
     # Keras refuses the activation inside the child: the parent must say so in one
     # line (the child's last stderr line), not replay its traceback, and exit 2.

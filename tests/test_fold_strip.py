@@ -8,6 +8,7 @@ fold formula computed here with numpy from the original weights).
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -30,6 +31,7 @@ from helpers import (  # noqa: E402
 
 import normify  # noqa: E402
 from normify.drift import random_inputs  # noqa: E402
+from normify.passes.strip import _is_split_activation_name  # noqa: E402
 
 L = keras.layers
 NORM_CLASSES = (
@@ -778,3 +780,26 @@ def test_rewrite_report_json_names_the_change_list(partial_bn_cnn):
     assert drifts["batch_normalization"] is None  # exact: nothing to measure
     assert drifts["layer_normalization"]["max_abs"] > 0
     assert json.loads(json.dumps(payload)) == payload
+
+
+@pytest.mark.parametrize(
+    ("candidate", "expected"),
+    [
+        ("dense_act", True),
+        ("dense_act_1", True),
+        ("dense_act_12", True),
+        ("dense_act_\u0663", True),  # `\d` matched any decimal digit, as isdecimal does
+        ("dense_act_", False),
+        ("dense_act_1a", False),
+        ("dense_acts", False),
+        ("dense_act__1", False),
+        ("dense_1_act", False),
+        ("dense.act", False),
+        ("other_act", False),
+    ],
+)
+def test_strip_recognizes_the_activation_add_split_off(candidate: str, expected: bool) -> None:
+    """The names `add` gives a split-off activation (`<layer>_act`, `_act_1`... on a
+    clash), checked without a regular expression per layer (see the function)."""
+    assert _is_split_activation_name(candidate, "dense") is expected
+    assert bool(re.fullmatch(r"dense_act(_\d+)?", candidate)) is expected

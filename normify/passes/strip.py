@@ -13,7 +13,6 @@ back to the stock layers, their norm parameters dropped.
 from __future__ import annotations
 
 import dataclasses
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -178,10 +177,11 @@ def _restore_activation(editor: Editor, linear_path: str) -> None:
         readers.append(found[0])
     activation = graph.layers[readers[0].layer] if readers else None
     # `add` names the split-off activation `<layer>_act` (`_act_1`... on a name clash)
-    made_by_add = activation is not None and re.fullmatch(
-        rf"{re.escape(name)}_act(_\d+)?", activation.name
-    )
-    if not made_by_add or activation.class_name != "Activation":
+    if (
+        activation is None
+        or activation.class_name != "Activation"
+        or not _is_split_activation_name(activation.name, name)
+    ):
         return
     if any(reader.layer != activation.name for reader in readers):
         return
@@ -196,6 +196,19 @@ def _restore_activation(editor: Editor, linear_path: str) -> None:
     )
     for reader in readers:
         editor.remove(graph, reader.id)
+
+
+def _is_split_activation_name(candidate: str, layer_name: str) -> bool:
+    """Whether `candidate` is `<layer_name>_act`, or `_act_1`, `_act_2`... on a name clash.
+
+    String tests, not a regular expression built from the layer's name: `re` caches 512
+    compiled patterns, so on a model of more layers every layer's pattern was compiled
+    again (strip took 3.5 times as long for 1000 layers as for 500)."""
+    prefix = layer_name + "_act"
+    if not candidate.startswith(prefix):
+        return False
+    suffix = candidate[len(prefix) :]
+    return suffix == "" or (suffix[0] == "_" and suffix[1:].isdecimal())
 
 
 def _with_activation(class_name: str, config: dict[str, Any], activation: Any) -> dict[str, Any]:
