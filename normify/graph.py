@@ -141,9 +141,6 @@ class Graph:
         copied.nodes = dict(self.nodes)
         return copied
 
-    def nodes_of(self, layer_name: str) -> list[Node]:
-        return [node for node in self.nodes.values() if node.layer == layer_name]
-
 
 def shallow_copy(obj: Any) -> Any:
     """A copy of a spec, node or graph sharing its field values: what
@@ -490,11 +487,11 @@ def _topological(pending: list[Node], model_name: str) -> dict[str, Node]:
         raise NormifyError(
             f"{model_name} consumes tensors of unknown layer calls: {sorted(missing_inputs)[:3]}"
         )
-    remaining = {node_id_: len(names) for node_id_, names in producers.items()}
+    remaining = {consumer: len(names) for consumer, names in producers.items()}
     consumers: dict[str, list[str]] = {node.id: [] for node in pending}
-    for node_id_, names in producers.items():
+    for consumer, names in producers.items():
         for producer in names:
-            consumers[producer].append(node_id_)
+            consumers[producer].append(consumer)
     ready = [node.id for node in pending if remaining[node.id] == 0]
     position = {node.id: index for index, node in enumerate(pending)}
     ordered: dict[str, Node] = {}

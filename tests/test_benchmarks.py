@@ -18,11 +18,13 @@ import pytest
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
-def _load_results_module() -> ModuleType:
-    # benchmarks/ is a folder of scripts, not a package: load the helper by path.
-    spec = importlib.util.spec_from_file_location("_bench_results", BENCHMARKS / "_results.py")
+def _load_benchmark_module(stem: str) -> ModuleType:
+    # benchmarks/ is a folder of scripts, not a package: load a script by path.
+    name = f"_bench{stem}" if stem.startswith("_") else f"_bench_{stem}"
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{stem}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -76,7 +78,7 @@ def test_audit_speed_refuses_to_write_smoke_results(tmp_path: Path) -> None:
 
 
 def test_replace_section_creates_replaces_and_keeps_others(tmp_path: Path) -> None:
-    results = _load_results_module()
+    results = _load_benchmark_module("_results")
     path = tmp_path / "RESULTS.md"
 
     results.replace_section("one", "first", path)
@@ -93,7 +95,7 @@ def test_replace_section_creates_replaces_and_keeps_others(tmp_path: Path) -> No
 
 
 def test_replace_section_refuses_unterminated_section(tmp_path: Path) -> None:
-    results = _load_results_module()
+    results = _load_benchmark_module("_results")
     path = tmp_path / "RESULTS.md"
     path.write_text("# x\n<!-- one:start -->\nold\n<!-- two:start -->\n<!-- two:end -->\n")
     with pytest.raises(ValueError, match="no matching"):
@@ -172,21 +174,12 @@ def test_scaling_smoke() -> None:
             assert f"[scaling]   {kind} of {size}: rebuild " in completed.stderr
 
 
-def _load_scaling_module() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("_bench_scaling", BENCHMARKS / "scaling.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.parametrize(("strip_at_1000", "steps_pass"), [(1.0, True), (1.8, False)])
 def test_scaling_flags_a_step_between_smaller_sizes(strip_at_1000: float, steps_pass: bool) -> None:
     """A part whose time jumps between two of the smaller sizes (as strip's did when `re`'s
     pattern cache overflowed) fails the step check even when the judged 2000/1000 ratio
     is linear."""
-    scaling = _load_scaling_module()
+    scaling = _load_benchmark_module("scaling")
     sizes = (250, 500, 1000, 2000)
     cases = []
     for size in sizes:
