@@ -18,9 +18,13 @@ of `normify add`:
 
 and, on the graph of the rewritten model (N BatchNormalizations), the plans of the
 passes that remove or replace norms: `strip_norms`, `fold_batchnorms` and `swap_norms`
-(BatchNormalization to LayerNormalization). A last row, not judged, is a reference: a
-shallow copy of every spec and node of that graph, a loop linear by construction, to read
-the millisecond-scale plans' ratios by (this machine's caches add to both).
+(BatchNormalization to LayerNormalization). Three last rows, not judged, are references
+to read the millisecond-scale plans' ratios by, each a loop linear by construction over
+that graph: a shallow copy of every spec and node, one key read from every layer's config
+(what the swap plan's mask check reads), and arithmetic alone, 64 steps per layer. The
+first two touch the objects the plans touch, and show what this machine's memory adds to a
+linear loop's ratio; the last touches no memory and shows that the clock and the
+interpreter are linear.
 
 Two model kinds: a Sequential chain of Dense layers, and a Functional residual chain in
 which every block is `x = Add()([x, Dense(x)])`. The Dense layers are narrow (width 16:
@@ -127,11 +131,15 @@ PARTS = (
     ("fold", "fold plan (N BatchNormalizations)"),
     ("swap", "swap plan, BatchNormalization to LayerNormalization"),
     ("reference", "reference: copy every spec and node (a plain linear loop, no target)"),
+    ("reference_config", "reference: read one key of every layer's config (no target)"),
+    ("reference_cpu", "reference: arithmetic only, 64 steps per layer (no target)"),
 )
-# Parts measured to read the others by, not judged: a loop over the rewritten model's
-# objects that is linear by construction shows what this machine's caches add to the
-# ratios of the millisecond-scale plans, which touch the same objects.
-REFERENCE_PARTS = ("reference",)
+# Parts measured to read the others by, not judged. Loops over the rewritten model's
+# objects that are linear by construction show what this machine's memory adds to the
+# ratios of the millisecond-scale plans, which touch the same objects; a loop of the same
+# length that touches no memory shows the clock and the interpreter are linear (2.00).
+REFERENCE_PARTS = ("reference", "reference_config", "reference_cpu")
+CPU_STEPS_PER_LAYER = 64  # sized so that the loop takes milliseconds, as the plans do
 
 
 @dataclass
@@ -266,8 +274,22 @@ def measure_case(model: Any, config: dict[str, Any], calls: int) -> dict[str, An
             [shallow_copy(node) for node in normified.nodes.values()],
         ),
     )
+    record(
+        "reference_config",
+        lambda: [spec.config.get("mask_zero") for spec in normified.layers.values()],
+    )
+    steps = CPU_STEPS_PER_LAYER * len(normified.layers)
+    record("reference_cpu", lambda: arithmetic_loop(steps))
     counts.update(strip=len(removals), fold=len(folds), swap=len(swaps))
     return {"seconds": seconds, "counts": counts}
+
+
+def arithmetic_loop(steps: int) -> int:
+    """Work in proportion to `steps` that reads no memory but the interpreter's own."""
+    total = 0
+    for step in range(steps):
+        total ^= step * 3
+    return total
 
 
 def child(args: argparse.Namespace) -> int:
