@@ -275,3 +275,40 @@ def test_memory_smoke(tmp_path: Path) -> None:
     assert "Targets not judged" in out
     assert "- FAIL" not in out
     assert list((tmp_path / "cache").glob("dense64x4-keras*.keras"))
+
+
+def test_memory_walk_probe_smoke() -> None:
+    completed = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "probes" / "memory_walk.py"), "--sizes", "50,100"]
+        + ["--calls", "3", "--padding", "2"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr
+    rows = [line for line in completed.stdout.splitlines() if line.startswith("| ")]
+    assert rows[0] == "| loop | N=50 (µs) | N=100 (µs) | 100/50 |"
+    assert [row.split(" | ")[0] for row in rows[1:]] == [
+        "| arithmetic",
+        "| walk, gc",
+        "| walk, none",
+        "| walk, flush",
+    ]
+    for row in rows[1:]:
+        ratio = float(row.rstrip(" |").rsplit(" | ", 1)[1])
+        assert ratio > 0
+
+
+def test_plans_without_keras_probe_smoke() -> None:
+    completed = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "probes" / "plans_without_keras.py")]
+        + ["--sizes", "3,6", "--processes", "1", "--calls", "1"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert completed.returncode == 0, completed.stderr
+    out = completed.stdout
+    assert "residual, 1 processes per size" in out
+    for plan in ("strip", "fold", "swap"):
+        assert f"| {plan} | " in out

@@ -1,0 +1,134 @@
+"""Probe: how does this machine time a linear loop as the data it walks grows?
+
+Not a benchmark of normify (it imports nothing of it) and not run by `run_all.py`: it
+reads the scaling benchmark's millisecond-scale ratios by. For each size N, in a fresh
+process per measurement, it times:
+
+  arithmetic      a loop of 64 integer steps per object, touching no memory (should grow
+                  exactly 2.00x for twice the steps)
+  walk, <start>   a dict comprehension over N small objects, each followed in memory by
+                  `--padding` small dicts and lists (as a layer's spec is followed by its
+                  config), starting from one of three cache states: `gc` (the garbage
+                  collector's pass before the call, as the benchmarks' `timed_call` does),
+                  `none` (as the previous call left them) or `flush` (64 MB written)
+
+Medians of `--calls` calls, and their ratios between consecutive sizes.
+
+    .venv/bin/python benchmarks/probes/memory_walk.py
+    .venv/bin/python benchmarks/probes/memory_walk.py --sizes 100,200 --calls 3  # smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+
+STARTS = ("gc", "none", "flush")
+MODES = ("arithmetic", *(f"walk, {start}" for start in STARTS))
+STEPS_PER_OBJECT = 64
+FLUSH_BYTES = 64 * 2**20
+MARKER = "MEMORY_WALK="
+
+
+class Item:
+    def __init__(self, index: int) -> None:
+        self.name = f"layer_{index}"
+        self.kind = "dense"
+
+
+def arithmetic(steps: int) -> int:
+    total = 0
+    for step in range(steps):
+        total ^= step * 3
+    return total
+
+
+def measure(mode: str, size: int, padding: int, calls: int) -> float:
+    """Median seconds of `calls` calls of `mode` on `size` objects, in this process."""
+    items: dict[str, Item] = {}
+    neighbours = []  # kept alive: they are what spreads the items in memory
+    for index in range(size):
+        item = Item(index)
+        items[item.name] = item
+        neighbours.append([{"key": j, "value": [j]} for j in range(padding)])
+    flush = bytearray(FLUSH_BYTES)
+    work: Callable[[], object]
+    if mode == "arithmetic":
+        steps = STEPS_PER_OBJECT * size
+        work = lambda: arithmetic(steps)  # noqa: E731
+    else:
+        work = lambda: {name: item for name, item in items.items()}  # noqa: E731
+    start = mode.partition(", ")[2]
+    seconds = []
+    gc.disable()
+    for _ in range(calls):
+        if start == "gc":
+            gc.collect()
+        elif start == "flush":
+            flush[:] = bytes(FLUSH_BYTES)
+        began = time.perf_counter()
+        work()
+        seconds.append(time.perf_counter() - began)
+    return statistics.median(seconds)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="4000,8000,16000,32000")
+    parser.add_argument("--padding", type=int, default=16)
+    parser.add_argument("--calls", type=int, default=21)
+    parser.add_argument("--child", nargs=2, metavar=("MODE", "SIZE"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    try:
+        args.sizes = [int(size) for size in args.sizes.split(",")]
+    except ValueError:
+        parser.error("--sizes: comma-separated whole numbers")
+    if len(args.sizes) < 2 or min(args.sizes) < 1 or args.calls < 1 or args.padding < 0:
+        parser.error("give at least two sizes >= 1, --calls >= 1 and --padding >= 0")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.child is not None:
+        mode, size = args.child
+        print(MARKER + json.dumps(measure(mode, int(size), args.padding, args.calls)))
+        return 0
+    rows = []
+    for mode in MODES:
+        medians = []
+        for size in args.sizes:
+            command = [sys.executable, __file__, "--child", mode, str(size)]
+            command += ["--padding", str(args.padding), "--calls", str(args.calls)]
+            out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+            medians.append(json.loads(out.split(MARKER, 1)[1]))
+        ratios = [b / a for a, b in zip(medians, medians[1:], strict=False)]
+        rows.append(
+            f"| {mode} | "
+            + " | ".join(f"{m * 1e6:.0f}" for m in medians)
+            + " | "
+            + " | ".join(f"{r:.2f}" for r in ratios)
+            + " |"
+        )
+    sizes = args.sizes
+    pairs = [f"{b}/{a}" for a, b in zip(sizes, sizes[1:], strict=False)]
+    print(
+        "| loop | "
+        + " | ".join(f"N={size} (µs)" for size in sizes)
+        + " | "
+        + " | ".join(pairs)
+        + " |"
+    )
+    print("|---|" + "--:|" * (len(sizes) + len(pairs)))
+    print("\n".join(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
