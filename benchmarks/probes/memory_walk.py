@@ -28,6 +28,10 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from _common import parse_int_list  # noqa: E402
 
 STARTS = ("gc", "none", "flush")
 MODES = ("arithmetic", *(f"walk, {start}" for start in STARTS))
@@ -85,12 +89,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--calls", type=int, default=21)
     parser.add_argument("--child", nargs=2, metavar=("MODE", "SIZE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    try:
-        args.sizes = [int(size) for size in args.sizes.split(",")]
-    except ValueError:
-        parser.error("--sizes: comma-separated whole numbers")
-    if len(args.sizes) < 2 or min(args.sizes) < 1 or args.calls < 1 or args.padding < 0:
-        parser.error("give at least two sizes >= 1, --calls >= 1 and --padding >= 0")
+    args.sizes = parse_int_list(args.sizes, "--sizes", parser)
+    if len(args.sizes) < 2 or args.calls < 1 or args.padding < 0:
+        parser.error("give at least two sizes, --calls >= 1 and --padding >= 0")
     return args
 
 

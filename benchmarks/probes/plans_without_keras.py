@@ -27,6 +27,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
+from _common import parse_int_list, timed_call  # noqa: E402
+
 MARKER = "PLANS_WITHOUT_KERAS="
 PLANS = ("strip", "fold", "swap")
 
@@ -53,8 +55,6 @@ def write_config(kind: str, size: int, path: Path) -> None:
 
 
 def time_plans(path: Path, calls: int) -> dict[str, float]:
-    from _common import timed_call
-
     from normify import graph as graphs
     from normify.passes.fold import fold_batchnorms
     from normify.passes.strip import strip_norms
@@ -84,12 +84,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--write-config", nargs=2, metavar=("SIZE", "PATH"), help=argparse.SUPPRESS)
     parser.add_argument("--time", metavar="PATH", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    try:
-        args.sizes = [int(size) for size in args.sizes.split(",")]
-    except ValueError:
-        parser.error("--sizes: comma-separated whole numbers")
-    if len(args.sizes) < 2 or min(args.sizes) < 1 or args.processes < 1 or args.calls < 1:
-        parser.error("give at least two sizes >= 1, --processes >= 1 and --calls >= 1")
+    args.sizes = parse_int_list(args.sizes, "--sizes", parser)
+    if len(args.sizes) < 2 or args.processes < 1 or args.calls < 1:
+        parser.error("give at least two sizes, --processes >= 1 and --calls >= 1")
     return args
 
 
