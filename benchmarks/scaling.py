@@ -23,8 +23,9 @@ to read the millisecond-scale plans' ratios by, each a loop linear by constructi
 that graph: a shallow copy of every spec and node, one key read from every layer's config
 (what the swap plan's mask check reads), and arithmetic alone, 64 steps per layer. The
 first two touch the objects the plans touch, and show what this machine's memory adds to a
-linear loop's ratio; the last touches no memory and shows that the clock and the
-interpreter are linear.
+linear loop's ratio; the last touches no memory and does exactly twice the work for twice
+the layers, so how far its ratio strays from 2.00 is the noise of the clock and of the
+processes (each size's timings come from its own processes).
 
 Two model kinds: a Sequential chain of Dense layers, and a Functional residual chain in
 which every block is `x = Add()([x, Dense(x)])`. The Dense layers are narrow (width 16:
@@ -137,7 +138,8 @@ PARTS = (
 # Parts measured to read the others by, not judged. Loops over the rewritten model's
 # objects that are linear by construction show what this machine's memory adds to the
 # ratios of the millisecond-scale plans, which touch the same objects; a loop of the same
-# length that touches no memory shows the clock and the interpreter are linear (2.00).
+# length that touches no memory does exactly twice the work for twice the layers, so its
+# distance from 2.00 is the noise of the clock and of the processes.
 REFERENCE_PARTS = ("reference", "reference_config", "reference_cpu")
 CPU_STEPS_PER_LAYER = 64  # sized so that the loop takes milliseconds, as the plans do
 

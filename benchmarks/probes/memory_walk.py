@@ -4,8 +4,9 @@ Not a benchmark of normify (it imports nothing of it) and not run by `run_all.py
 reads the scaling benchmark's millisecond-scale ratios by. For each size N, in a fresh
 process per measurement, it times:
 
-  arithmetic      a loop of 64 integer steps per object, touching no memory (should grow
-                  exactly 2.00x for twice the steps)
+  arithmetic      a loop of 64 integer steps per object, touching no memory: exactly
+                  twice the work for twice the objects, so its distance from 2.00 is the
+                  noise of the clock and of the processes
   walk, <start>   a dict comprehension over N small objects, each followed in memory by
                   `--padding` small dicts and lists (as a layer's spec is followed by its
                   config), starting from one of three cache states: `gc` (the garbage
