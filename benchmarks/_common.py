@@ -122,6 +122,32 @@ def marked_json(stdout: str, marker: str) -> Any:
     return None
 
 
+def arithmetic_loop(steps: int) -> int:
+    """Work in proportion to `steps` that reads no memory but the interpreter's own: its
+    ratio between sizes measures the noise of the clock and of the processes."""
+    total = 0
+    for step in range(steps):
+        total ^= step * 3
+    return total
+
+
+_TABLE_UNITS = {"µs": (1e6, 0), "ms": (1e3, 1)}  # per second, and decimals shown
+
+
+def ratio_table(label: str, sizes: Sequence[int], rows: dict[str, list[float]], unit: str) -> str:
+    """A markdown table of median seconds at each size (shown in `unit`), one row per entry
+    of `rows`, then the ratios between consecutive sizes."""
+    scale, decimals = _TABLE_UNITS[unit]
+    pairs = list(zip(sizes, sizes[1:], strict=False))
+    cells = [f"N={size} ({unit})" for size in sizes] + [f"{b}/{a}" for a, b in pairs]
+    lines = [f"| {label} | " + " | ".join(cells) + " |", "|---|" + "--:|" * len(cells)]
+    for name, medians in rows.items():
+        ratios = [b / a for a, b in zip(medians, medians[1:], strict=False)]
+        values = [f"{m * scale:.{decimals}f}" for m in medians] + [f"{r:.2f}" for r in ratios]
+        lines.append(f"| {name} | " + " | ".join(values) + " |")
+    return "\n".join(lines)
+
+
 def tail(text: str, lines: int = 15) -> str:
     return "\n".join(text.strip().splitlines()[-lines:])
 

@@ -97,6 +97,7 @@ from _common import (  # noqa: E402
     BenchmarkError,
     Check,
     add_standard_options,
+    arithmetic_loop,
     byte_compile_normify,
     check_standard_options,
     describe_conditions,
@@ -284,14 +285,6 @@ def measure_case(model: Any, config: dict[str, Any], calls: int) -> dict[str, An
     record("reference_cpu", lambda: arithmetic_loop(steps))
     counts.update(strip=len(removals), fold=len(folds), swap=len(swaps))
     return {"seconds": seconds, "counts": counts}
-
-
-def arithmetic_loop(steps: int) -> int:
-    """Work in proportion to `steps` that reads no memory but the interpreter's own."""
-    total = 0
-    for step in range(steps):
-        total ^= step * 3
-    return total
 
 
 def child(args: argparse.Namespace) -> int:

@@ -32,7 +32,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from _common import parse_int_list  # noqa: E402
+from _common import arithmetic_loop, marked_json, parse_int_list, ratio_table  # noqa: E402
 
 STARTS = ("gc", "none", "flush")
 MODES = ("arithmetic", *(f"walk, {start}" for start in STARTS))
@@ -47,13 +47,6 @@ class Item:
         self.kind = "dense"
 
 
-def arithmetic(steps: int) -> int:
-    total = 0
-    for step in range(steps):
-        total ^= step * 3
-    return total
-
-
 def measure(mode: str, size: int, padding: int, calls: int) -> float:
     """Median seconds of `calls` calls of `mode` on `size` objects, in this process."""
     items: dict[str, Item] = {}
@@ -66,7 +59,7 @@ def measure(mode: str, size: int, padding: int, calls: int) -> float:
     work: Callable[[], object]
     if mode == "arithmetic":
         steps = STEPS_PER_OBJECT * size
-        work = lambda: arithmetic(steps)  # noqa: E731
+        work = lambda: arithmetic_loop(steps)  # noqa: E731
     else:
         work = lambda: {name: item for name, item in items.items()}  # noqa: E731
     start = mode.partition(", ")[2]
@@ -102,33 +95,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         mode, size = args.child
         print(MARKER + json.dumps(measure(mode, int(size), args.padding, args.calls)))
         return 0
-    rows = []
+    rows = {}
     for mode in MODES:
         medians = []
         for size in args.sizes:
             command = [sys.executable, __file__, "--child", mode, str(size)]
             command += ["--padding", str(args.padding), "--calls", str(args.calls)]
             out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-            medians.append(json.loads(out.split(MARKER, 1)[1]))
-        ratios = [b / a for a, b in zip(medians, medians[1:], strict=False)]
-        rows.append(
-            f"| {mode} | "
-            + " | ".join(f"{m * 1e6:.0f}" for m in medians)
-            + " | "
-            + " | ".join(f"{r:.2f}" for r in ratios)
-            + " |"
-        )
-    sizes = args.sizes
-    pairs = [f"{b}/{a}" for a, b in zip(sizes, sizes[1:], strict=False)]
-    print(
-        "| loop | "
-        + " | ".join(f"N={size} (µs)" for size in sizes)
-        + " | "
-        + " | ".join(pairs)
-        + " |"
-    )
-    print("|---|" + "--:|" * (len(sizes) + len(pairs)))
-    print("\n".join(rows))
+            medians.append(marked_json(out, MARKER))
+        rows[mode] = medians
+    print(ratio_table("loop", args.sizes, rows, "µs"))
     return 0
 
 

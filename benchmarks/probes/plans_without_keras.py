@@ -27,7 +27,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
-from _common import parse_int_list, timed_call  # noqa: E402
+from _common import marked_json, parse_int_list, ratio_table, timed_call  # noqa: E402
 
 MARKER = "PLANS_WITHOUT_KERAS="
 PLANS = ("strip", "fold", "swap")
@@ -117,22 +117,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             order = args.sizes if process % 2 == 0 else args.sizes[::-1]
             for size in order:
                 out = run(["--time", str(paths[size]), "--calls", str(args.calls)])
-                results[size].append(json.loads(out.split(MARKER, 1)[1]))
-    sizes = args.sizes
-    pairs = list(zip(sizes, sizes[1:], strict=False))
+                results[size].append(marked_json(out, MARKER))
     print(
         f"{args.kind}, {args.processes} processes per size, median over processes of each "
         f"process's median of {args.calls} calls"
     )
     print()
-    head = " | ".join(f"N={size} (ms)" for size in sizes)
-    print(f"| plan | {head} | " + " | ".join(f"{b}/{a}" for a, b in pairs) + " |")
-    print("|---|" + "--:|" * (len(sizes) + len(pairs)))
-    for plan in PLANS:
-        medians = [statistics.median(r[plan] for r in results[size]) for size in sizes]
-        ratios = [medians[i + 1] / medians[i] for i in range(len(pairs))]
-        cells = " | ".join(f"{m * 1e3:.1f}" for m in medians)
-        print(f"| {plan} | {cells} | " + " | ".join(f"{r:.2f}" for r in ratios) + " |")
+    medians = {
+        plan: [statistics.median(r[plan] for r in results[size]) for size in args.sizes]
+        for plan in PLANS
+    }
+    print(ratio_table("plan", args.sizes, medians, "ms"))
     return 0
 
 
