@@ -24,8 +24,8 @@ that graph: a shallow copy of every spec and node, one key read from every layer
 (what the swap plan's mask check reads), and arithmetic alone, 64 steps per layer. The
 first two touch the objects the plans touch, and show what this machine's memory adds to a
 linear loop's ratio; the last touches no memory and does exactly twice the work for twice
-the layers, so how far its ratio strays from 2.00 is the noise of the clock and of the
-processes (each size's timings come from its own processes).
+the layers, so how far its ratio strays from 2.00 is what is left of the noise of the
+clock and of the machine once the sizes are paired in one process (below).
 
 Two model kinds: a Sequential chain of Dense layers, and a Functional residual chain in
 which every block is `x = Add()([x, Dense(x)])`. The Dense layers are narrow (width 16:
@@ -34,22 +34,28 @@ add pass splits each one into the linear layer, the inserted BatchNormalization 
 Activation, the heavier path (`--activation linear` measures the other one).
 
 There are `--repeat` rounds (default 5: the rebuilds of the 2000-layer models take tens
-of seconds each); within a round each kind goes through all sizes, in reverse order every
-other round, so drifting machine load hits all sizes alike. In each round the rebuild and
-the one build run once and every other part, which takes milliseconds, `--calls` times
-(default 5), so its median is not at the mercy of one disturbed call. Each call is timed
-alone, with the garbage collector run before it and kept off during it (as `timeit`
-does); no call is discarded. Medians are reported with the ratios between consecutive sizes.
+of seconds each). Each round of each kind runs in one fresh child process (below), which
+builds the models of every size and times every part at every size, paired: a part is
+timed at all sizes before the next part starts, its calls alternating between the sizes
+(small to large, then large to small; the odd and even rounds start in opposite
+directions), so drifting load, and the speed of the process itself, hit all sizes alike.
+On this machine the same code runs up to 9% faster in one process than in another (the
+arithmetic reference and `probes/memory_walk.py` measure it), about the target's whole
+margin: timing each size in its own processes, as this benchmark did before, put that
+noise into every ratio. The rebuild and the one build run once per size and round, every
+other part, which takes milliseconds, `--calls` times (default 5), so its median is not
+at the mercy of one disturbed call. Each call is timed alone, with the garbage collector
+run before it and kept off during it (as `timeit` does); no call is discarded. Medians
+are reported with the ratios between consecutive sizes.
 
-Every measurement (one kind, one size, one round) runs in a fresh child process: this
-script again, with a hidden `--child KIND SIZE` option, which builds the model, times
-its parts and prints them as one JSON line. The rebuild shares the original layers
+A fresh process per round: the child is this script again, with a hidden `--child KIND`
+option, and prints its timings as one JSON line. The rebuild shares the original layers
 (`share=True`), so each rebuild adds inbound nodes to them: a model reused across rounds
 grows heavier every round (more nodes to walk, more objects for the garbage collector),
 and later rounds would time different objects than the first (nor is a second rebuild
 over the same layers a repeat of the first: on a 50-layer Sequential chain the first took
-about 410 ms, the next ones 250 to 320 ms). A fresh process times every round on the same
-freshly built model, as `normify add` meets it. Before timing, the child runs every part
+about 410 ms, the next ones 250 to 320 ms). A fresh process times every round on freshly
+built models, as `normify add` meets them. Before timing, the child runs every part
 once, untimed, on a 3-layer model of the same kind, so that one-time costs (lazy imports,
 first-call setup in Keras) fall on no measured call. The parent never imports Keras; it
 byte-compiles normify first, as `pip install` does, so no child recompiles it. A child
@@ -69,7 +75,7 @@ around its own Keras calls).
 
     .venv/bin/python benchmarks/scaling.py                        # 250..2000 layers, 5 rounds
     .venv/bin/python benchmarks/scaling.py --sizes 4,8 --repeat 1  # smoke test
-    .venv/bin/python benchmarks/scaling.py --child residual 100 --calls 2  # one measurement
+    .venv/bin/python benchmarks/scaling.py --child residual --sizes 50,100 --calls 2  # one round
 """
 
 from __future__ import annotations
@@ -140,7 +146,7 @@ PARTS = (
 # objects that are linear by construction show what this machine's memory adds to the
 # ratios of the millisecond-scale plans, which touch the same objects; a loop of the same
 # length that touches no memory does exactly twice the work for twice the layers, so its
-# distance from 2.00 is the noise of the clock and of the processes.
+# distance from 2.00 is the noise left in a ratio of paired timings.
 REFERENCE_PARTS = ("reference", "reference_config", "reference_cpu")
 CPU_STEPS_PER_LAYER = 64  # sized so that the loop takes milliseconds, as the plans do
 
@@ -213,11 +219,17 @@ def build(kind: str, size: int, width: int, activation: str) -> tuple[Any, dict[
 # ----------------------------------------------------------------------------- timing
 
 
-def measure_case(model: Any, config: dict[str, Any], calls: int) -> dict[str, Any]:
-    """Time every part on one model: the rebuild and the one build once, the others
-    `calls` times each.
+def measure_sizes(
+    models: dict[int, tuple[Any, dict[str, Any]]], calls: int, reverse_first: bool
+) -> dict[int, dict[str, Any]]:
+    """Time every part on the model of every size, in this one process: paired.
 
-    Returns `{"seconds": {part: [seconds, ...]}, "counts": {...}}`, what a child prints.
+    Each part is timed at every size before the next part starts, its calls alternating
+    between the sizes (small to large, then large to small, ...; `reverse_first` starts
+    with large to small), so what this process's speed does to one size it does to all.
+    The rebuild and the one build run once per size, the other parts `calls` times.
+
+    Returns `{size: {"seconds": {part: [seconds, ...]}, "counts": {...}}}`.
     """
     from normify import graph as graphs
     from normify import io
@@ -232,83 +244,118 @@ def measure_case(model: Any, config: dict[str, Any], calls: int) -> dict[str, An
     from normify.weightfile import WeightFile
 
     rules = Rules()
-    seconds: dict[str, list[float]] = {}
+    sizes = list(models)
+    seconds: dict[int, dict[str, list[float]]] = {size: {} for size in sizes}
+    counts: dict[int, dict[str, int]] = {size: {} for size in sizes}
 
     def plan(graph: Any) -> Any:
         return add_norms(graph, decide(graph, build_flow(graph), rules), rules)
 
-    def record(part: str, function: Callable[[], Any], times: int = calls) -> Any:
-        for _ in range(times):
-            elapsed, result = timed_call(function)
-            seconds.setdefault(part, []).append(elapsed)
-        return result
+    def paired(
+        part: str,
+        function: Callable[[int], Callable[[], Any]],
+        times: int = calls,
+        keep: Callable[[Any], Any] = lambda result: result,
+    ) -> dict[int, Any]:
+        """Time `function(size)()` `times` times at every size, alternating sizes; what
+        `keep` takes of the last result of each size (after the clock stops)."""
+        results: dict[int, Any] = {}
+        for call in range(times):
+            order = sizes[::-1] if (call % 2 == 0) == reverse_first else sizes
+            for size in order:
+                elapsed, result = timed_call(function(size))
+                seconds[size].setdefault(part, []).append(elapsed)
+                results[size] = keep(result)
+                del result
+        return results
 
-    graph = record("graph", lambda: graphs.from_model(model))
-    record("config", lambda: graphs.from_config(config))
-    new_graph, insertions = record("plan", lambda: plan(graph))
-    rebuilt = record("rebuild", lambda: rebuild(new_graph, share=True), times=1)
-    counts = {"insertions": len(insertions), "layers": len(rebuilt.layers)}
+    graph = paired("graph", lambda size: lambda: graphs.from_model(models[size][0]))
+    paired("config", lambda size: lambda: graphs.from_config(models[size][1]))
+    planned = paired("plan", lambda size: lambda: plan(graph[size]))
+    rebuilt = paired("rebuild", lambda size: lambda: rebuild(planned[size][0], share=True), times=1)
+    for size in sizes:
+        counts[size].update(insertions=len(planned[size][1]), layers=len(rebuilt[size].layers))
     # `normify add` on a file: plan on its config, build once with the file's weights
     with tempfile.TemporaryDirectory(prefix="normify-scaling-") as folder:
-        path = io.save_model(model, Path(folder) / "model.keras")
-        file_graph = graphs.from_config(io.read_config(path), source=path)
-        new_file_graph, _ = plan(file_graph)
+        files = {}
+        for size in sizes:
+            path = io.save_model(models[size][0], Path(folder) / f"model_{size}.keras")
+            file_graph = graphs.from_config(io.read_config(path), source=path)
+            files[size] = path, file_graph, plan(file_graph)[0]
 
-        def build_once() -> Any:
-            with WeightFile(path, file_graph) as weights:
-                return rebuild(new_file_graph, weights=weights)
+        def build_once(size: int) -> Callable[[], Any]:
+            path, file_graph, new_file_graph = files[size]
 
-        built = record("one_build", build_once, times=1)
-        counts["one_build_layers"] = len(built.layers)
-        del built
+            def run() -> Any:
+                with WeightFile(path, file_graph) as weights:
+                    return rebuild(new_file_graph, weights=weights)
+
+            return run
+
+        built_layers = paired("one_build", build_once, times=1, keep=lambda m: len(m.layers))
+    for size in sizes:
+        counts[size]["one_build_layers"] = built_layers[size]
     # strip, fold and swap read a rewritten model: the graph of the one just rebuilt
-    normified = graphs.from_model(rebuilt)
+    normified = {size: graphs.from_model(model) for size, model in rebuilt.items()}
     del rebuilt
-    _, removals, _ = record("strip", lambda: strip_norms(normified, "batchnorm"))
-    _, folds, _ = record("fold", lambda: fold_batchnorms(normified))
-    _, swaps, _, _ = record(
-        "swap",
-        lambda: swap_norms(normified, "batchnorm", "layernorm"),
+    strips = paired("strip", lambda size: lambda: strip_norms(normified[size], "batchnorm"))
+    folds = paired("fold", lambda size: lambda: fold_batchnorms(normified[size]))
+    swaps = paired(
+        "swap", lambda size: lambda: swap_norms(normified[size], "batchnorm", "layernorm")
     )
-    record(
+    paired(
         "reference",
-        lambda: (
-            [shallow_copy(spec) for spec in normified.layers.values()],
-            [shallow_copy(node) for node in normified.nodes.values()],
+        lambda size: (
+            lambda: (
+                [shallow_copy(spec) for spec in normified[size].layers.values()],
+                [shallow_copy(node) for node in normified[size].nodes.values()],
+            )
         ),
     )
-    record(
+    paired(
         "reference_config",
-        lambda: [spec.config.get("mask_zero") for spec in normified.layers.values()],
+        lambda size: (
+            lambda: [spec.config.get("mask_zero") for spec in normified[size].layers.values()]
+        ),
     )
-    steps = CPU_STEPS_PER_LAYER * len(normified.layers)
-    record("reference_cpu", lambda: arithmetic_loop(steps))
-    counts.update(strip=len(removals), fold=len(folds), swap=len(swaps))
-    return {"seconds": seconds, "counts": counts}
+    paired(
+        "reference_cpu",
+        lambda size: lambda: arithmetic_loop(CPU_STEPS_PER_LAYER * len(normified[size].layers)),
+    )
+    for size in sizes:
+        counts[size].update(
+            strip=len(strips[size][1]), fold=len(folds[size][1]), swap=len(swaps[size][1])
+        )
+    return {size: {"seconds": seconds[size], "counts": counts[size]} for size in sizes}
 
 
 def child(args: argparse.Namespace) -> int:
-    """One measurement in this (fresh) process: print its timings as one JSON line."""
+    """One round of one kind in this (fresh) process: print its timings as one JSON line."""
     from normify.backend import keras as quiet_keras
 
     quiet_keras()  # import Keras without TensorFlow's notices on stderr
     # Untimed warm-up on a tiny model of the same kind: lazy imports and first-call
-    # setup would otherwise land in the measured calls, the single rebuild above all.
-    measure_case(*build(args.kind, WARM_UP_SIZE, args.width, args.activation), calls=1)
+    # setup would otherwise land in the measured calls, the single rebuilds above all.
+    warm_up = {WARM_UP_SIZE: build(args.kind, WARM_UP_SIZE, args.width, args.activation)}
+    measure_sizes(warm_up, calls=1, reverse_first=False)
+    del warm_up
+    models = {size: build(args.kind, size, args.width, args.activation) for size in args.sizes}
     gc.collect()
-    model, config = build(args.kind, args.size, args.width, args.activation)
-    result = measure_case(model, config, args.calls)
+    result = measure_sizes(models, args.calls, reverse_first=args.round % 2 == 0)
     print(CHILD_MARKER + json.dumps(result), flush=True)
     return 0
 
 
-def child_command(args: argparse.Namespace, kind: str, size: int) -> list[str]:
+def child_command(args: argparse.Namespace, kind: str, round_number: int) -> list[str]:
     return [
         sys.executable,
         str(Path(__file__).resolve()),
         "--child",
         kind,
-        str(size),
+        "--round",
+        str(round_number),
+        "--sizes",
+        ",".join(map(str, args.sizes)),
         "--calls",
         str(args.calls),
         "--width",
@@ -317,14 +364,15 @@ def child_command(args: argparse.Namespace, kind: str, size: int) -> list[str]:
     ]
 
 
-def run_child(args: argparse.Namespace, kind: str, size: int, round_number: int) -> dict:
-    """Run one measurement in a fresh process; a failure raises with its stderr's last line."""
-    command = child_command(args, kind, size)
+def run_child(args: argparse.Namespace, kind: str, round_number: int) -> dict[int, dict]:
+    """Run one round of one kind in a fresh process: `{size: result}`. A failure raises
+    with its stderr's last line."""
+    command = child_command(args, kind, round_number)
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     completed = subprocess.run(command, capture_output=True, text=True, env=env)
     result = marked_json(completed.stdout, CHILD_MARKER)
     if completed.returncode == 0 and result is not None:
-        return result
+        return {int(size): measured for size, measured in result.items()}
     if completed.returncode < 0:
         status = f"was killed by signal {-completed.returncode}"
     else:
@@ -333,8 +381,9 @@ def run_child(args: argparse.Namespace, kind: str, size: int, round_number: int)
     reason = stderr[-1] if stderr else "(nothing on stderr)"
     if completed.returncode == 0:
         reason = f"printed no {CHILD_MARKER} line; {reason}"
+    sizes = ", ".join(map(str, args.sizes))
     raise BenchmarkError(
-        f"{KINDS[kind]} of {size} layers, round {round_number}: child process {status}: "
+        f"{KINDS[kind]} of {sizes} layers, round {round_number}: child process {status}: "
         f"{reason}\n  rerun it alone: {shlex.join(command)}"
     )
 
@@ -345,13 +394,11 @@ def measure(args: argparse.Namespace) -> list[Case]:
     for round_number in range(1, args.repeat + 1):
         log(f"round {round_number}/{args.repeat}")
         for kind in args.kinds:
-            sizes = list(args.sizes)
-            if round_number % 2 == 0:
-                sizes.reverse()  # neither the small nor the big models always go first
-            for size in sizes:
-                result = run_child(args, kind, size, round_number)
-                cases[kind, size].add(result, round_number)
-                log(f"  {KINDS[kind]} of {size}: rebuild {result['seconds']['rebuild'][0]:.2f} s")
+            results = run_child(args, kind, round_number)
+            for size in args.sizes:
+                cases[kind, size].add(results[size], round_number)
+                rebuild_seconds = results[size]["seconds"]["rebuild"][0]
+                log(f"  {KINDS[kind]} of {size}: rebuild {rebuild_seconds:.2f} s")
     return list(cases.values())
 
 
@@ -458,13 +505,13 @@ def render(
         "",
         f"Measured {machine_summary()}.",
         "",
-        f"Median time of each part over {args.repeat} round(s), sizes alternating within "
-        "each round: the rebuild and the one build once per round, every other part "
-        f"{args.calls} times; "
-        f"Dense({args.width}, activation={args.activation!r}) layers; every round of every "
-        "model in a fresh process (the rebuild adds nodes to the layers it shares), after "
-        "an untimed warm-up on a 3-layer model; each call timed alone with the garbage "
-        "collector off (run before it); none discarded. The strip, "
+        f"Median time of each part over {args.repeat} round(s), paired: each round of each "
+        "model kind in one fresh process (the rebuild adds nodes to the layers it shares), "
+        "which times every size, a part's calls alternating between the sizes; the rebuild "
+        f"and the one build once per round, every other part {args.calls} times; "
+        f"Dense({args.width}, activation={args.activation!r}) layers; after an untimed "
+        "warm-up on a 3-layer model; each call timed alone with the garbage collector off "
+        "(run before it); none discarded. The strip, "
         f"fold and swap plans read the rewritten model ({layer_counts}).",
         conditions,
         "",
@@ -511,16 +558,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=5,
         help="Calls per round of every part but the rebuild (default %(default)s).",
     )
-    # One measurement, run by the benchmark itself in a fresh process (see the docstring).
-    parser.add_argument("--child", nargs=2, metavar=("KIND", "SIZE"), help=argparse.SUPPRESS)
+    # One round of one kind, run by the benchmark itself in a fresh process (see the
+    # docstring); --round picks the order in which its calls alternate between sizes.
+    parser.add_argument("--child", choices=tuple(KINDS), help=argparse.SUPPRESS)
+    parser.add_argument("--round", type=int, default=1, help=argparse.SUPPRESS)
     add_standard_options(parser, SECTION, DEFAULT_REPEAT)
     args = parser.parse_args(argv)
     check_standard_options(parser, args)
-    if args.child is not None:
-        args.kind, size = args.child
-        if args.kind not in KINDS or not size.isdigit() or int(size) < 1:
-            parser.error(f"--child KIND SIZE: KIND among {', '.join(KINDS)}, SIZE >= 1")
-        args.size = int(size)
+    args.kind = args.child
     args.sizes = parse_int_list(args.sizes, "--sizes", parser)
     if len(args.sizes) < 2:
         parser.error("--sizes: give at least two sizes to compare")
