@@ -131,12 +131,13 @@ def arithmetic_loop(steps: int) -> int:
     return total
 
 
-_TABLE_UNITS = {"µs": (1e6, 0), "ms": (1e3, 1)}  # per second, and decimals shown
+# per unit of the values given (seconds, or counts for "k" and "M"), and decimals shown
+_TABLE_UNITS = {"µs": (1e6, 0), "ms": (1e3, 1), "k": (1e-3, 1), "M": (1e-6, 2)}
 
 
 def ratio_table(label: str, sizes: Sequence[int], rows: dict[str, list[float]], unit: str) -> str:
-    """A markdown table of median seconds at each size (shown in `unit`), one row per entry
-    of `rows`, then the ratios between consecutive sizes."""
+    """A markdown table of a value at each size (median seconds, or counts; shown in
+    `unit`), one row per entry of `rows`, then the ratios between consecutive sizes."""
     scale, decimals = _TABLE_UNITS[unit]
     pairs = list(zip(sizes, sizes[1:], strict=False))
     cells = [f"N={size} ({unit})" for size in sizes] + [f"{b}/{a}" for a, b in pairs]

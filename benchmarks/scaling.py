@@ -292,7 +292,9 @@ def measure_sizes(
 
             return run
 
-        built_layers = paired("one_build", build_once, times=1, keep=lambda m: len(m.layers))
+        built_layers = paired(
+            "one_build", build_once, times=1, keep=lambda model: len(model.layers)
+        )
     for size in sizes:
         counts[size]["one_build_layers"] = built_layers[size]
     # strip, fold and swap read a rewritten model: the graph of the one just rebuilt

@@ -170,8 +170,8 @@ def test_scaling_smoke() -> None:
     assert "Timing targets not judged" in out
     assert "- PASS: Functional residual chain of 8: add inserts 8 norms" in out
     assert "- FAIL" not in out
-    # Every (kind, size) of the round was measured by its own child process.
-    assert "every round of every model in a fresh process" in out
+    # Each round of each kind was measured by one child process, every size paired in it.
+    assert "paired: each round of each model kind in one fresh process" in out
     assert "[scaling] round 1/1" in completed.stderr
     for kind in ("Sequential chain", "Functional residual chain"):
         for size in (4, 8):
@@ -221,12 +221,12 @@ def test_scaling_reports_a_failed_child() -> None:
     assert completed.returncode == 2
     assert completed.stdout == ""
     assert (
-        "scaling: error: Sequential chain of 4 layers, round 1: child process exited 1: "
+        "scaling: error: Sequential chain of 4, 8 layers, round 1: child process exited 1: "
         "ValueError:" in completed.stderr
     )
     assert "no_such_activation" in completed.stderr
     assert "Traceback" not in completed.stderr
-    assert "--child sequential 4" in completed.stderr  # how to rerun it alone
+    assert "--child sequential --round 1 --sizes 4,8" in completed.stderr  # rerun it alone
 
 
 def test_scaling_refuses_to_write_smoke_results(tmp_path: Path) -> None:
@@ -312,3 +312,24 @@ def test_plans_without_keras_probe_smoke() -> None:
     assert "residual, 1 processes per size" in out
     for plan in ("strip", "fold", "swap"):
         assert f"| {plan} | " in out
+
+
+def test_instructions_probe_smoke() -> None:
+    # valgrind is part of every machine this project runs on (CI included); the probe
+    # needs it, so its absence is a failure here, not a skip.
+    completed = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "probes" / "instructions.py")]
+        + ["--sizes", "8,16", "--plans", "add,swap", "--extra-calls", "1"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert completed.returncode == 0, completed.stderr
+    rows = [line for line in completed.stdout.splitlines() if line.startswith("| ")]
+    assert rows[0] == "| instructions | N=8 (M) | N=16 (M) | 16/8 |"
+    assert rows[3] == "| L2 data misses (reads + writes) | N=8 (k) | N=16 (k) | 16/8 |"
+    for row in (rows[1], rows[2]):
+        plan, small, large, _ = row.strip("| ").split(" | ")
+        assert plan in ("add", "swap")
+        # twice the layers, more instructions per call: counts, not a constant
+        assert 0 < float(small) < float(large), row

@@ -22,8 +22,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
@@ -33,45 +34,59 @@ MARKER = "PLANS_WITHOUT_KERAS="
 PLANS = ("strip", "fold", "swap")
 
 
-def write_config(kind: str, size: int, path: Path) -> None:
-    """The rewritten model's config, as the scaling benchmark's child makes the model."""
+def write_config(kind: str, size: int, path: Path, original: Path | None = None) -> None:
+    """The rewritten model's config, as the scaling benchmark's child makes the model (and,
+    to `original`, the config of the model before `add`)."""
     import keras
     from scaling import build, deep_recursion
 
     from normify import graph as graphs
-    from normify.flow import build_flow
-    from normify.passes.add import add_norms
     from normify.rebuild import rebuild
-    from normify.rules import Rules, decide
 
-    model, _ = build(kind, size, 16, "relu")
-    graph = graphs.from_model(model)
-    rules = Rules()
-    new_graph, _ = add_norms(graph, decide(graph, build_flow(graph), rules), rules)
+    model, config = build(kind, size, 16, "relu")
+    if original is not None:
+        original.write_text(json.dumps(config))
+    new_graph, _ = plan_calls(graphs.from_model(model))["add"]()
     rewritten = rebuild(new_graph, share=True)
     with deep_recursion(size * 4):
         config = keras.saving.serialize_keras_object(rewritten)
     path.write_text(json.dumps(config))
 
 
-def time_plans(path: Path, calls: int) -> dict[str, float]:
-    from normify import graph as graphs
+def plan_calls(graph: Any) -> dict[str, Callable[[], Any]]:
+    """Each pass's plan as a call on `graph`, as `normify.api` runs it: `add` for a graph
+    before `add`, the others for a rewritten one."""
+    from normify.flow import build_flow
+    from normify.passes.add import add_norms
     from normify.passes.fold import fold_batchnorms
     from normify.passes.strip import strip_norms
     from normify.passes.swap import swap_norms
+    from normify.rules import Rules, decide
 
-    graph = graphs.from_config(json.loads(path.read_text()))
-    plans = {
+    rules = Rules()
+    return {
+        "add": lambda: add_norms(graph, decide(graph, build_flow(graph), rules), rules),
         "strip": lambda: strip_norms(graph, "batchnorm"),
         "fold": lambda: fold_batchnorms(graph),
         "swap": lambda: swap_norms(graph, "batchnorm", "layernorm"),
     }
-    medians = {}
-    for name, plan in plans.items():
-        medians[name] = statistics.median(timed_call(plan)[0] for _ in range(calls))
-    imported = sorted(name for name in ("keras", "tensorflow") if name in sys.modules)
+
+
+def without_keras(process: str) -> None:
+    """Stop (exit status 1) if this process imported Keras or TensorFlow."""
+    imported = sorted(module for module in ("keras", "tensorflow") if module in sys.modules)
     if imported:
-        raise SystemExit(f"the timing process imported {', '.join(imported)}")
+        raise SystemExit(f"{process} imported {', '.join(imported)}")
+
+
+def time_plans(path: Path, calls: int) -> dict[str, float]:
+    from normify import graph as graphs
+
+    plans = plan_calls(graphs.from_config(json.loads(path.read_text())))
+    medians = {}
+    for name in PLANS:
+        medians[name] = statistics.median(timed_call(plans[name])[0] for _ in range(calls))
+    without_keras("the timing process")
     return medians
 
 
@@ -82,6 +97,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--processes", type=int, default=10)
     parser.add_argument("--calls", type=int, default=9)
     parser.add_argument("--write-config", nargs=2, metavar=("SIZE", "PATH"), help=argparse.SUPPRESS)
+    parser.add_argument("--original", metavar="PATH", help=argparse.SUPPRESS)
     parser.add_argument("--time", metavar="PATH", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.sizes = parse_int_list(args.sizes, "--sizes", parser)
@@ -103,7 +119,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.write_config is not None:
         size, path = args.write_config
-        write_config(args.kind, int(size), Path(path))
+        original = Path(args.original) if args.original else None
+        write_config(args.kind, int(size), Path(path), original)
         return 0
     if args.time is not None:
         print(MARKER + json.dumps(time_plans(Path(args.time), args.calls)))
