@@ -42,7 +42,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 from _common import parse_int_list, ratio_table  # noqa: E402
-from plans_without_keras import plan_calls, without_keras  # noqa: E402
+from plans_without_keras import plan_calls, run, without_keras  # noqa: E402
 
 PLANS = ("add", "strip", "fold", "swap")
 CACHES = Path("/sys/devices/system/cpu/cpu0/cache")
@@ -143,12 +143,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         configs = {}
         for size in args.sizes:
             original, rewritten = folder / f"{size}_original.json", folder / f"{size}.json"
-            command = [sys.executable, str(HERE / "plans_without_keras.py"), "--kind", args.kind]
-            command += ["--write-config", str(size), str(rewritten), "--original", str(original)]
-            completed = subprocess.run(command, capture_output=True, text=True)
-            if completed.returncode != 0:
-                lines = completed.stderr.strip().splitlines() or ["(nothing on stderr)"]
-                raise SystemExit(f"writing the configs of {size} layers: {lines[-1]}")
+            # that probe's child builds, adds and rebuilds as the scaling benchmark does
+            run(
+                ["--kind", args.kind, "--write-config", str(size), str(rewritten)]
+                + ["--original", str(original)]
+            )
             configs[size] = {plan: rewritten for plan in PLANS} | {"add": original}
 
         def counted(job: tuple[int, str, int]) -> dict[str, int]:
