@@ -28,7 +28,7 @@ lint: install
 # valgrind counts instructions for benchmarks/probes/instructions.py, whose smoke test runs
 # in the suite; machines here have it, and Debian's package is the fallback.
 tools:
-	command -v valgrind >/dev/null 2>&1 || apt-get install -y -q valgrind
+	command -v valgrind >/dev/null 2>&1 || { apt-get update -q && apt-get install -y -q valgrind; }
 
 test: install lint tools
 	$(BIN)/python -m pytest -q
