@@ -277,16 +277,27 @@ def test_memory_smoke(tmp_path: Path) -> None:
     assert list((tmp_path / "cache").glob("dense64x4-keras*.keras"))
 
 
-def test_memory_walk_probe_smoke() -> None:
+def _run_probe(script: str, arguments: list[str], timeout: int) -> str:
+    """The stdout of `benchmarks/probes/<script>`, which must succeed."""
     completed = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "probes" / "memory_walk.py"), "--sizes", "50,100"]
-        + ["--calls", "3", "--padding", "2"],
+        [sys.executable, str(BENCHMARKS / "probes" / script), *arguments],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=timeout,
     )
     assert completed.returncode == 0, completed.stderr
-    rows = [line for line in completed.stdout.splitlines() if line.startswith("| ")]
+    return completed.stdout
+
+
+def _table_rows(out: str) -> list[str]:
+    return [line for line in out.splitlines() if line.startswith("| ")]
+
+
+def test_memory_walk_probe_smoke() -> None:
+    out = _run_probe(
+        "memory_walk.py", ["--sizes", "50,100", "--calls", "3", "--padding", "2"], timeout=300
+    )
+    rows = _table_rows(out)
     assert rows[0] == "| loop | N=50 (µs) | N=100 (µs) | 100/50 |"
     assert [row.split(" | ")[0] for row in rows[1:]] == [
         "| arithmetic",
@@ -300,15 +311,11 @@ def test_memory_walk_probe_smoke() -> None:
 
 
 def test_plans_without_keras_probe_smoke() -> None:
-    completed = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "probes" / "plans_without_keras.py")]
-        + ["--sizes", "3,6", "--processes", "1", "--calls", "1"],
-        capture_output=True,
-        text=True,
+    out = _run_probe(
+        "plans_without_keras.py",
+        ["--sizes", "3,6", "--processes", "1", "--calls", "1"],
         timeout=600,
     )
-    assert completed.returncode == 0, completed.stderr
-    out = completed.stdout
     assert "residual, 1 processes per size" in out
     for plan in ("strip", "fold", "swap"):
         assert f"| {plan} | " in out
@@ -317,15 +324,12 @@ def test_plans_without_keras_probe_smoke() -> None:
 def test_instructions_probe_smoke() -> None:
     # valgrind is part of every machine this project runs on (CI included); the probe
     # needs it, so its absence is a failure here, not a skip.
-    completed = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "probes" / "instructions.py")]
-        + ["--sizes", "8,16", "--plans", "add,swap", "--extra-calls", "1"],
-        capture_output=True,
-        text=True,
+    out = _run_probe(
+        "instructions.py",
+        ["--sizes", "8,16", "--plans", "add,swap", "--extra-calls", "1"],
         timeout=900,
     )
-    assert completed.returncode == 0, completed.stderr
-    rows = [line for line in completed.stdout.splitlines() if line.startswith("| ")]
+    rows = _table_rows(out)
     assert rows[0] == "| instructions | N=8 (M) | N=16 (M) | 16/8 |"
     assert rows[3] == "| L2 data misses (reads + writes) | N=8 (k) | N=16 (k) | 16/8 |"
     for row in (rows[1], rows[2]):

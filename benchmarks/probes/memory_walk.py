@@ -16,7 +16,7 @@ process per measurement, it times:
 Medians of `--calls` calls, and their ratios between consecutive sizes.
 
     .venv/bin/python benchmarks/probes/memory_walk.py
-    .venv/bin/python benchmarks/probes/memory_walk.py --sizes 100,200 --calls 3  # smoke test
+    .venv/bin/python benchmarks/probes/memory_walk.py --sizes 50,100 --calls 3 --padding 2  # smoke
 """
 
 from __future__ import annotations
