@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 DEMO_OUT := build/demo
 
-.PHONY: demo test install lint tools clean
+.PHONY: demo test install lint clean
 
 $(BIN)/normify: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,12 +25,7 @@ demo: install
 lint: install
 	$(BIN)/ruff check normify tests benchmarks fixtures scripts
 
-# valgrind counts instructions for benchmarks/probes/instructions.py, whose smoke test runs
-# in the suite; machines here have it, and Debian's package is the fallback.
-tools:
-	command -v valgrind >/dev/null 2>&1 || { apt-get update -q && apt-get install -y -q valgrind; }
-
-test: install lint tools
+test: install lint
 	$(BIN)/python -m pytest -q
 
 clean:

@@ -122,33 +122,6 @@ def marked_json(stdout: str, marker: str) -> Any:
     return None
 
 
-def arithmetic_loop(steps: int) -> int:
-    """Work in proportion to `steps` that reads no memory but the interpreter's own: its
-    ratio between sizes measures the noise of the clock and of the processes."""
-    total = 0
-    for step in range(steps):
-        total ^= step * 3
-    return total
-
-
-# per unit of the values given (seconds, or counts for "k" and "M"), and decimals shown
-_TABLE_UNITS = {"µs": (1e6, 0), "ms": (1e3, 1), "k": (1e-3, 1), "M": (1e-6, 2)}
-
-
-def ratio_table(label: str, sizes: Sequence[int], rows: dict[str, list[float]], unit: str) -> str:
-    """A markdown table of a value at each size (median seconds, or counts; shown in
-    `unit`), one row per entry of `rows`, then the ratios between consecutive sizes."""
-    scale, decimals = _TABLE_UNITS[unit]
-    pairs = list(zip(sizes, sizes[1:], strict=False))
-    cells = [f"N={size} ({unit})" for size in sizes] + [f"{b}/{a}" for a, b in pairs]
-    lines = [f"| {label} | " + " | ".join(cells) + " |", "|---|" + "--:|" * len(cells)]
-    for name, medians in rows.items():
-        ratios = [b / a for a, b in zip(medians, medians[1:], strict=False)]
-        values = [f"{m * scale:.{decimals}f}" for m in medians] + [f"{r:.2f}" for r in ratios]
-        lines.append(f"| {name} | " + " | ".join(values) + " |")
-    return "\n".join(lines)
-
-
 def tail(text: str, lines: int = 15) -> str:
     return "\n".join(text.strip().splitlines()[-lines:])
 
@@ -337,17 +310,6 @@ def publish(
         log(f"wrote section '{section}' of {written}")
     failed = [check for check in checks if check.passed is False]
     return 1 if args.check and failed else 0
-
-
-def parse_int_list(text: str, option: str, parser: argparse.ArgumentParser) -> list[int]:
-    """`250,500,1000` as sorted distinct positive integers (for options like --sizes)."""
-    try:
-        values = sorted({int(part) for part in text.split(",") if part.strip()})
-    except ValueError:
-        parser.error(f"{option}: {text!r} is not a comma-separated list of integers")
-    if not values or values[0] < 1:
-        parser.error(f"{option}: give positive integers, not {text!r}")
-    return values
 
 
 def run_guarded(name: str, measure: Callable[[], T]) -> T | None:
