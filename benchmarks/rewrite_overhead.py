@@ -74,7 +74,9 @@ def mark(name):
 path, output, mode = sys.argv[1], sys.argv[2], sys.argv[3]
 if mode == "normify":
     import normify.cli
-    from normify import graph as graphs, io
+    from normify import files, graph as graphs
+    from normify.loading import load_model
+    from normify.saving import save_model
     from normify.flow import build_flow
     from normify.passes.add import add_norms
     from normify.rebuild import rebuild
@@ -86,20 +88,20 @@ if mode == "normify":
     import gc
     gc.freeze()  # as the command line does once Keras is imported (normify.cli)
     mark("import keras")
-    config = io.read_config(path)
-    graph = graphs.from_config(config, source=path)
+    model_file = files.read_model_file(path)
+    graph = graphs.from_config(model_file.config, source=path)
     mark("read config, graph from config")
     rules = Rules()
     new_graph, insertions = add_norms(graph, decide(graph, build_flow(graph), rules), rules)
     mark("plan")
-    if insertions and readable(path, io.detect_format(path)):
+    if insertions and readable(model_file):
         with WeightFile(path, graph) as weights:
             model = rebuild(new_graph, weights=weights)
         mark("build once from the file")
     else:  # nothing to insert: what normify.api.add does then, a plain load
-        model = io.load_model(path, config=config).model
+        model = load_model(model_file).model
         mark("load (Keras)")
-    io.save_model(model, output)
+    save_model(model, output)
     mark("save")
 else:
     import keras

@@ -15,11 +15,12 @@ from typing import Any
 
 import numpy as np
 
+from normify import files
 from normify import graph as graphs
-from normify import io
 from normify.audit import AuditReport, audit_graph
 from normify.errors import NormifyError, UnsupportedModelError
 from normify.flow import build_flow
+from normify.formats import Origin
 from normify.incell import POSITION as IN_CELL_POSITION
 from normify.passes.add import Insertion, add_norms
 from normify.passes.edit import Kept
@@ -95,10 +96,12 @@ class RewriteReport:
 
 @dataclass
 class Result:
-    """The rewritten model and the report of what was done to it."""
+    """The rewritten model and the report of what was done to it. `origin` is which Keras
+    wrote the file the model was read from (None for a model passed in)."""
 
     model: Any
     report: Any  # AddReport for add, RewriteReport for the other commands
+    origin: Origin | None = None
 
 
 def audit(
@@ -110,7 +113,8 @@ def audit(
     """
     if isinstance(model_or_path, (str, os.PathLike)):
         path = Path(model_or_path)
-        graph = graphs.from_config(io.read_config(path), source=path)
+        model_file = files.read_model_file(path, frozenset(custom_objects or ()))
+        graph = graphs.from_config(model_file.config, source=path)
         return audit_graph(graph, model_name=str(path))
     return audit_graph(graphs.from_model(model_or_path))
 
@@ -126,7 +130,7 @@ def plan(
     rules = rules or Rules()
     if isinstance(model_or_path, (str, os.PathLike)):
         path = Path(model_or_path)
-        graph = graphs.from_config(io.read_config(path), source=path)
+        graph = graphs.from_config(files.read_model_file(path).config, source=path)
         name = str(path)
     else:
         graph = graphs.from_model(model_or_path)
@@ -190,13 +194,13 @@ def add(
         raise NormifyError(f"--init must be one of {', '.join(INITS)}, not {init!r}")
     if init == "calibrate" and data is None:
         raise NormifyError("--init calibrate needs calibration data (--data)")
-    built, config = None, None
+    built, model_file = None, None
     if isinstance(model_or_path, (str, os.PathLike)):
-        config = io.read_config(model_or_path)
+        model_file = files.read_model_file(model_or_path, frozenset(custom_objects or ()))
         if init == "identity" and data is None and not measure_drift:
-            built = _add_in_one_build(Path(model_or_path), config, rules, safe_mode, custom_objects)
+            built = _add_in_one_build(model_file, rules, safe_mode, custom_objects)
     if built is None:
-        source = _open(model_or_path, safe_mode, custom_objects, config)
+        source = _open(model_file or model_or_path, safe_mode, custom_objects)
         decisions = decide(source.graph, build_flow(source.graph), rules)
         new_graph, insertions = add_norms(source.graph, decisions, rules)
         model = _rebuild(source, new_graph, changed=bool(insertions))
@@ -247,15 +251,14 @@ def add(
         before = {i.name: (i.replaces, "output") for i in insertions}
         after = {i.name: (i.chain_end, "output") for i in insertions}
         report.layer_drift = tensor_drift(source.model, before, model, after, batches)
-    return Result(model, report)
+    return Result(model, report, source.origin)
 
 
 INITS = ("identity", "calibrate", "fresh")
 
 
 def _add_in_one_build(
-    path: Path,
-    config: dict[str, Any],
+    model_file: files.ModelFile,
     rules: Rules,
     safe_mode: bool,
     custom_objects: dict[str, Any] | None,
@@ -267,16 +270,18 @@ def _add_in_one_build(
     from normify.rebuild import rebuild
     from normify.weightfile import WeightFile, readable
 
+    path, config = model_file.path, model_file.config
     graph = graphs.from_config(config, source=path)
     _require_rewritable(graph, str(path))
-    if not readable(path, io.detect_format(path)):
+    if not readable(model_file):
         return None
     decisions = decide(graph, build_flow(graph), rules)
     new_graph, insertions = add_norms(graph, decisions, rules)
     # exactness that hangs on a shape only the live model knows is for the live model to say
     if not insertions or not all(i.exact and not i.bias_shape_unknown for i in insertions):
         return None
-    source = _Source(None, graph, str(path), share=True, notices=[])
+    notices = list(model_file.notices)
+    source = _Source(None, graph, str(path), True, notices, origin=model_file.origin)
     compile_config = config.get("compile_config")
     try:
         with (
@@ -359,7 +364,7 @@ def swap(
         fit_replacements(source.model, model, paths, calibration.batches)
     if paths:
         _measure(report, source.model, model, calibration, paths, "output")
-    return Result(model, report)
+    return Result(model, report, source.origin)
 
 
 def strip(
@@ -391,7 +396,7 @@ def strip(
         inexact = [r.path for r in removals if not r.exact and not r.in_cell]
         converted = [r.path for r in removals if r.in_cell]
         _measure(report, source.model, model, calibration, inexact, "removed", converted)
-    return Result(model, report)
+    return Result(model, report, source.origin)
 
 
 def fold(
@@ -416,7 +421,7 @@ def fold(
     if folds:
         calibration = _calibration_data(data, source.model, batch_size, max_samples)
         _measure(report, source.model, model, calibration, [], "output")
-    return Result(model, report)
+    return Result(model, report, source.origin)
 
 
 def recalibrate(
@@ -459,7 +464,7 @@ def recalibrate(
     if chosen:
         report.changes = recalibrate_batchnorms(model, chosen, calibration.batches)
         _measure(report, source.model, model, calibration, [], "output")
-    return Result(model, report)
+    return Result(model, report, source.origin)
 
 
 # ------------------------------------------------------------------------------ plans
@@ -529,7 +534,7 @@ def plan_recalibrate(
 
 
 def _readable_graph(path: str | os.PathLike[str]) -> graphs.Graph:
-    graph = graphs.from_config(io.read_config(path), source=path)
+    graph = graphs.from_config(files.read_model_file(path).config, source=path)
     _require_rewritable(graph, str(path))
     return graph
 
@@ -544,32 +549,30 @@ class _Source:
     name: str
     share: bool
     notices: list[str]
+    origin: Origin | None = None
 
 
-def _open(
-    model_or_path: ModelOrPath,
-    safe_mode: bool,
-    custom_objects: Any,
-    config: dict[str, Any] | None = None,
-) -> _Source:
+def _open(model_or_path: Any, safe_mode: bool, custom_objects: Any) -> _Source:
     """Load (or take) the model and build its graph, refusing models normify cannot rewrite.
-    `config` is the file's config when the caller has read it already."""
+    `model_or_path` is a model, a path, or the `ModelFile` the caller has read already."""
+    from normify.loading import load_model
+
     notices: list[str] = []
-    if isinstance(model_or_path, (str, os.PathLike)):
+    if isinstance(model_or_path, (str, os.PathLike, files.ModelFile)):
+        model_file = model_or_path
+        if not isinstance(model_file, files.ModelFile):
+            model_file = files.read_model_file(model_file, frozenset(custom_objects or ()))
         # A model normify cannot rewrite is refused from its config, before Keras loads it.
-        config = config if config is not None else io.read_config(model_or_path)
-        config_graph = graphs.from_config(config, source=model_or_path)
-        _require_rewritable(config_graph, str(model_or_path))
-        loaded = io.load_model(
-            model_or_path, safe_mode=safe_mode, custom_objects=custom_objects, config=config
-        )
-        model, share, name = loaded.model, True, str(loaded.path)
+        config_graph = graphs.from_config(model_file.config, source=model_file.path)
+        _require_rewritable(config_graph, str(model_file.path))
+        loaded = load_model(model_file, safe_mode=safe_mode, custom_objects=custom_objects)
+        model, share, name, origin = loaded.model, True, str(loaded.path), loaded.origin
         notices.extend(loaded.notices)
     else:
-        model, share, name = model_or_path, False, model_or_path.name
+        model, share, name, origin = model_or_path, False, model_or_path.name, None
     graph = graphs.from_model(model)
     _require_rewritable(graph, name)
-    return _Source(model, graph, name, share, notices)
+    return _Source(model, graph, name, share, notices, origin)
 
 
 def _rebuild(source: _Source, graph: graphs.Graph, changed: bool) -> Any:

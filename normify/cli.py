@@ -242,9 +242,9 @@ def _data_options(required: bool = False, purpose: str = "") -> Callable[..., An
 
 
 def _loading(unsafe: bool, custom_object_files: tuple[Path, ...]) -> dict[str, Any]:
-    from normify import io
+    from normify.loading import load_custom_objects
 
-    custom_objects = io.load_custom_objects(custom_object_files) if custom_object_files else None
+    custom_objects = load_custom_objects(custom_object_files) if custom_object_files else None
     return {"safe_mode": not unsafe, "custom_objects": custom_objects}
 
 
@@ -266,26 +266,27 @@ def _destination(
     no_backup: bool = False,
 ) -> _Destination:
     """Check, before any work, that the result can be written where it should go."""
-    from normify import io
+    from normify.files import detect_format
+    from normify.saving import check_output_path
 
     if in_place:
         if output is not None:
             raise NormifyError("--in-place and -o are exclusive: choose one")
-        io.detect_format(model)
+        detect_format(model)
         if not os.access(model, os.W_OK) or not os.access(model.parent or Path("."), os.W_OK):
             raise NormifyError("cannot replace the model in place: not writable", model)
         return _Destination(model, in_place=True, backup=not no_backup)
     if no_backup:
         raise NormifyError("--no-backup only makes sense with --in-place")
     default = model.with_name(f"{model.stem}.{suffix}.keras")
-    return _Destination(io.check_output_path(output or default, force=force, input_path=model))
+    return _Destination(check_output_path(output or default, force=force, input_path=model))
 
 
 def _save(result: Any, destination: _Destination, loading: dict[str, Any]) -> None:
-    from normify import io
+    from normify.saving import save_in_place, save_model
 
     if destination.in_place:
-        backup = io.save_in_place(
+        backup = save_in_place(
             result.model, destination.path, backup=destination.backup, **loading
         )
         result.report.notices.append(
@@ -293,7 +294,9 @@ def _save(result: Any, destination: _Destination, loading: dict[str, Any]) -> No
             + (f"; the previous file is {backup}" if backup else " (no backup kept)")
         )
     else:
-        io.save_model(result.model, destination.path)
+        # a model an older Keras wrote is read back before it replaces anything
+        reload = True if result.origin is not None and result.origin.legacy else None
+        save_model(result.model, destination.path, reload=reload, **loading)
     result.report.output = str(destination.path)
 
 

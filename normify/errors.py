@@ -21,3 +21,9 @@ class UnsupportedModelError(NormifyError):
 
 class OutputError(NormifyError):
     """The output path cannot be written as asked."""
+
+
+def first_line(error: BaseException, limit: int = 300) -> str:
+    """An exception's message as one line: what a user is shown of a library's error."""
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0][:limit]

@@ -15,11 +15,12 @@ This module must not import Keras: `normify audit` reads files without a backend
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from normify import kinds, legacy
+from normify import kinds
 from normify.errors import NormifyError, UnsupportedModelError
 
 KEPT = "kept"
@@ -230,12 +231,12 @@ def graph_at(graph: Graph, path: str) -> Graph:
 def from_config(model_config: dict[str, Any], source: str | None = None) -> Graph:
     """Build a graph from a serialized model: `{"class_name": ..., "config": {...}}`.
 
-    Accepts the Keras 3 format (`.keras` files, `model.get_config()` wrapped with its class)
-    and the Keras 2 format found in legacy `.h5` files. Raises `NormifyError` with the
-    reason when the config is malformed.
+    Takes a config in Keras 3's language (`.keras` files, `model.get_config()` wrapped with
+    its class); `normify.files.read_model_file` translates the configs of older Keras
+    versions into it. Raises `NormifyError` with the reason when the config is malformed.
     """
     try:
-        return _graph_from_serialized(legacy.renumber_nested_calls(model_config), depth=0)
+        return _graph_from_serialized(renumber_nested_calls(model_config), depth=0)
     except NormifyError as error:
         if error.path is not None or source is None:
             raise
@@ -389,24 +390,14 @@ def _functional_from_config(
 def _node_arguments_from_config(
     node_data: Any, shapes: dict[TensorRef, tuple[int | None, ...]]
 ) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    if isinstance(node_data, dict):  # Keras 3: {"args": [...], "kwargs": {...}}
-        args = node_data.get("args", [])
-        kwargs = node_data.get("kwargs", {})
-        # lists in a file; tuples in a live model's `get_config()`
-        if not isinstance(args, (list, tuple)) or not isinstance(kwargs, dict):
-            raise NormifyError("a node's args or kwargs have the wrong type")
-        return tuple(_deserialize_arguments(args, shapes)), _deserialize_arguments(kwargs, shapes)
-    if isinstance(node_data, list):  # Keras 2: [[layer, node_index, tensor_index, kwargs], ...]
-        refs = []
-        kwargs: dict[str, Any] = {}
-        for item in node_data:
-            if not isinstance(item, list) or len(item) < 3:
-                raise NormifyError("a Keras 2 inbound node entry is malformed")
-            refs.append(TensorRef(node_id(item[0], int(item[1])), int(item[2])))
-            if len(item) > 3 and isinstance(item[3], dict):
-                kwargs = _deserialize_legacy_kwargs(item[3])
-        return ((refs[0],) if len(refs) == 1 else (refs,)), kwargs
-    raise NormifyError(f"an inbound node has an unknown format: {type(node_data).__name__}")
+    if not isinstance(node_data, dict):  # normify.formats translates Keras 2's lists
+        raise NormifyError(f"an inbound node has an unknown format: {type(node_data).__name__}")
+    args = node_data.get("args", [])
+    kwargs = node_data.get("kwargs", {})
+    # lists in a file; tuples in a live model's `get_config()`
+    if not isinstance(args, (list, tuple)) or not isinstance(kwargs, dict):
+        raise NormifyError("a node's args or kwargs have the wrong type")
+    return tuple(_deserialize_arguments(args, shapes)), _deserialize_arguments(kwargs, shapes)
 
 
 def _deserialize_arguments(structure: Any, shapes: dict | None = None) -> Any:
@@ -414,7 +405,8 @@ def _deserialize_arguments(structure: Any, shapes: dict | None = None) -> Any:
         history = structure["config"]["keras_history"]
         ref = TensorRef(node_id(history[0], int(history[1])), int(history[2]))
         shape = structure["config"].get("shape")
-        if shapes is not None and isinstance(shape, (list, tuple)):
+        # an empty shape is a translated Keras 2 reference's: unknown (normify.formats.nodes)
+        if shapes is not None and isinstance(shape, (list, tuple)) and shape:
             shapes[ref] = tuple(shape)
         return ref
     if isinstance(structure, (list, tuple)):
@@ -422,24 +414,6 @@ def _deserialize_arguments(structure: Any, shapes: dict | None = None) -> Any:
     if isinstance(structure, dict):
         return {key: _deserialize_arguments(value, shapes) for key, value in structure.items()}
     return structure
-
-
-def _deserialize_legacy_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
-    def convert(value: Any) -> Any:
-        # Keras 2 writes tensors passed as keyword arguments as [layer, node, tensor].
-        if (
-            isinstance(value, list)
-            and len(value) == 3
-            and isinstance(value[0], str)
-            and isinstance(value[1], int)
-            and isinstance(value[2], int)
-        ):
-            return TensorRef(node_id(value[0], value[1]), value[2])
-        if isinstance(value, list):
-            return [convert(item) for item in value]
-        return value
-
-    return {key: convert(value) for key, value in kwargs.items()}
 
 
 def _share_output_shapes(
@@ -460,18 +434,89 @@ def _share_output_shapes(
 
 
 def _refs_from_config(value: Any, nodes: dict[str, Node], model_name: str) -> Any:
-    def ref(item: list[Any]) -> TensorRef:
-        if len(item) < 3 or not isinstance(item[0], str):
-            raise NormifyError(f"input or output entry {item!r} of {model_name} is malformed")
-        return TensorRef(node_id(item[0], int(item[1])), int(item[2]))
+    """A model's `input_layers` or `output_layers`: `[layer, node, tensor]` leaves in any
+    nesting of lists and dicts (a stacked RNN's state tuple is a list of them)."""
 
+    def is_leaf(item: Any) -> bool:
+        return isinstance(item, list) and bool(item) and isinstance(item[0], str)
+
+    def convert(item: Any, depth: int) -> Any:
+        if depth > MAX_NESTING:
+            raise NormifyError(f"inputs or outputs of {model_name} nest too deeply")
+        if is_leaf(item):
+            if len(item) < 3 or not all(_is_index(part) for part in item[1:3]):
+                raise NormifyError(f"input or output entry {item!r} of {model_name} is malformed")
+            return TensorRef(node_id(item[0], int(item[1])), int(item[2]))
+        if isinstance(item, dict):
+            return {key: convert(inner, depth + 1) for key, inner in item.items()}
+        if isinstance(item, (list, tuple)):
+            return [convert(inner, depth + 1) for inner in item]
+        raise NormifyError(f"inputs or outputs of {model_name} have an unknown format")
+
+    return convert(value, 0)
+
+
+def _is_index(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+# ------------------------------------------------------------ Keras 3's nested node numbers
+
+
+def renumber_nested_calls(serialized: dict[str, Any]) -> dict[str, Any]:
+    """The config with every input and output reference to a nested Functional model
+    counting that model's calls only (node 0 = first call), as its nodes do.
+
+    Keras 3 writes those references counting the nested model's own graph as node 0 (its
+    reader subtracts one). Returns `serialized` itself when no index changes, a
+    renumbered copy otherwise.
+    """
+    if not _shift_ends(serialized, apply=False):
+        return serialized
+    config = copy.deepcopy(serialized)
+    _shift_ends(config, apply=True)
+    return config
+
+
+def _shift_ends(entry: Any, apply: bool) -> bool:
+    config = entry.get("config") if isinstance(entry, dict) else None
+    layers = config.get("layers") if isinstance(config, dict) else None
+    if not isinstance(layers, list):
+        return False
+    nested = [
+        layer
+        for layer in layers
+        if isinstance(layer, dict)
+        and layer.get("class_name") in kinds.MODEL_CLASSES
+        and isinstance(layer.get("config"), dict)
+    ]
+    changed = False
+    for layer in nested:
+        changed = _shift_ends(layer, apply) or changed
+    if entry.get("class_name") == "Sequential":
+        return changed
+    ends = _leaf_ends(config.get("input_layers")) + _leaf_ends(config.get("output_layers"))
+    for layer in nested:
+        if layer["class_name"] == "Sequential":
+            continue
+        name = layer.get("name") or layer["config"].get("name")
+        refs = [ref for ref in ends if ref[0] == name]
+        if not refs or any(ref[1] == 0 for ref in refs):
+            continue  # a reference to node 0: these count calls already
+        changed = True
+        for ref in {id(ref): ref for ref in refs}.values() if apply else []:
+            ref[1] -= 1
+    return changed
+
+
+def _leaf_ends(value: Any) -> list[list[Any]]:
+    if isinstance(value, list) and len(value) >= 3 and isinstance(value[0], str):
+        return [value] if _is_index(value[1]) else []
     if isinstance(value, dict):
-        return {key: ref(item) for key, item in value.items()}
-    if isinstance(value, list) and value and isinstance(value[0], str):
-        return ref(value)
+        return [ref for item in value.values() for ref in _leaf_ends(item)]
     if isinstance(value, list):
-        return [ref(item) for item in value]
-    raise NormifyError(f"inputs or outputs of {model_name} have an unknown format")
+        return [ref for item in value for ref in _leaf_ends(item)]
+    return []
 
 
 def _topological(pending: list[Node], model_name: str) -> dict[str, Node]:

@@ -167,9 +167,9 @@ def _load(
     model_or_path: ModelOrPath, safe_mode: bool, custom_objects: dict[str, Any] | None
 ) -> tuple[Any, str]:
     if isinstance(model_or_path, (str, os.PathLike)):
-        from normify import io
+        from normify.loading import load_model
 
-        loaded = io.load_model(model_or_path, safe_mode=safe_mode, custom_objects=custom_objects)
+        loaded = load_model(model_or_path, safe_mode=safe_mode, custom_objects=custom_objects)
         return loaded.model, str(loaded.path)
     return model_or_path, model_or_path.name
 

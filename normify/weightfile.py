@@ -28,9 +28,10 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from normify import kinds, legacy
+from normify import kinds
 from normify.backend import keras
 from normify.errors import NormifyError
+from normify.files import KERAS, ModelFile
 from normify.graph import Graph, LayerSpec
 
 CONFIG = "config.json"
@@ -48,19 +49,15 @@ class WeightFileError(NormifyError):
     """The file's weights cannot be read straight into the rebuilt layers."""
 
 
-def readable(path: str | Path, file_format: str) -> bool:
-    """Whether `path` is an archive this module reads (see the module docstring)."""
-    from normify.io import KERAS, saved_keras_version
-
-    if file_format != KERAS:
+def readable(model_file: ModelFile) -> bool:
+    """Whether a file is an archive this module reads (see the module docstring)."""
+    if model_file.format != KERAS or model_file.origin.legacy:
         return False
     try:
-        with zipfile.ZipFile(path) as archive:
-            if set(archive.namelist()) != {CONFIG, METADATA, WEIGHTS}:
-                return False
+        with zipfile.ZipFile(model_file.path) as archive:
+            return set(archive.namelist()) == {CONFIG, METADATA, WEIGHTS}
     except (OSError, zipfile.BadZipFile):
         return False
-    return not legacy.is_keras2_version(saved_keras_version(Path(path), file_format))
 
 
 class WeightFile:
@@ -115,11 +112,11 @@ class WeightFile:
         """The weights file in memory, or, as Keras does for weights that would take more
         than half the available memory, extracted to a temporary folder beside the model
         (the system's temporary folder if that is not writable)."""
-        from normify.io import _check_member_size
+        from normify.files import check_member_size
 
         with zipfile.ZipFile(self.path) as archive:
             info = archive.getinfo(WEIGHTS)
-            _check_member_size(info, self.path.stat().st_size, self.path)
+            check_member_size(info, self.path.stat().st_size, self.path)
             if info.file_size < MEMORY_SHARE * _available_memory():
                 return io.BytesIO(archive.read(WEIGHTS))
             try:

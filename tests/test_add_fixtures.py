@@ -27,9 +27,10 @@ from helpers import (
 )
 
 import normify
+from normify import files
 from normify import graph as graphs
-from normify import io
 from normify.audit import audit_graph
+from normify.saving import save_model
 
 keras = pytest.importorskip("keras")
 
@@ -46,7 +47,7 @@ def rewritten(tmp_path_factory):
         original = keras.saving.load_model(path)
         result = normify.add(path, rnn="batchnorm")
         output = folder / (Path(name).stem + ".keras")
-        io.save_model(result.model, output)
+        save_model(result.model, output)
         inputs = inputs_for(MANIFEST[name]["inputs"])
         results[name] = {
             "original": original,
@@ -147,7 +148,7 @@ def test_config_built_and_live_built_graphs_agree(name, rewritten):
         (FIXTURES / name, rewritten[name]["original"]),
         (rewritten[name]["output"], rewritten[name]["result"].model),
     ):
-        from_file = graphs.from_config(io.read_config(path))
+        from_file = graphs.from_config(files.read_config(path))
         from_live = graphs.from_model(model)
         assert graph_structure(from_file) == graph_structure(from_live)
         assert audit_graph(from_file).rows == audit_graph(from_live).rows

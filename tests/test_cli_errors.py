@@ -396,7 +396,7 @@ def test_add_names_the_unregistered_custom_layer(models: Path, tmp_path: Path) -
     argv = ["add", name, "--custom-objects", "unrelated.py"]
     code = (
         "import sys; from normify.backend import keras; keras(); "
-        "import normify.api, normify.cli, normify.io, normify.rebuild; "
+        "import normify.api, normify.cli, normify.loading, normify.saving, normify.rebuild; "
         f"sys.dont_write_bytecode = False; normify.cli.main({argv!r})"
     )
     result = run(["-c", code], tmp_path)

@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
+from normify import files
 from normify import graph as graphs
-from normify import io
 from normify.flow import build_flow
 from normify.graph import Graph
 from normify.passes.add import add_norms
@@ -101,7 +101,7 @@ def every_pass(graph: Graph, rules: Rules) -> Graph:
 
 @pytest.mark.parametrize("name", NAMES)
 def test_no_pass_changes_the_graph_it_is_given(name: str) -> None:
-    graph = graphs.from_config(io.read_config(FIXTURES / f"{name}.keras"))
+    graph = graphs.from_config(files.read_config(FIXTURES / f"{name}.keras"))
     before = snapshot(graph)
     for rules in RULE_SETS:
         added = every_pass(graph, rules)
@@ -114,7 +114,7 @@ def test_no_pass_changes_the_graph_it_is_given(name: str) -> None:
 
 
 def test_an_edited_node_is_a_new_object_and_the_rest_are_shared() -> None:
-    graph = graphs.from_config(io.read_config(FIXTURES / "mlp.keras"))
+    graph = graphs.from_config(files.read_config(FIXTURES / "mlp.keras"))
     rules = Rules()
     added, insertions = add_norms(graph, decide(graph, build_flow(graph), rules), rules)
     assert insertions

@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
+from normify import formats, kinds
 from normify import graph as graphs
-from normify import kinds
 from normify.audit import audit_graph
 from normify.errors import NormifyError
 from normify.graph import TensorRef
@@ -86,7 +86,7 @@ def test_nodes_are_ordered_topologically_whatever_the_config_order():
     assert list(graphs.from_config(config).nodes) == ["x", "early", "late"]
 
 
-def test_keras2_inbound_node_format():
+def test_keras2_inbound_node_format_is_translated_before_the_graph_sees_it():
     config = {
         "class_name": "Model",
         "config": {
@@ -105,7 +105,10 @@ def test_keras2_inbound_node_format():
             "output_layers": [["bn", 0, 0]],
         },
     }  # fmt: skip
-    rows = {row.path: row for row in audit_graph(graphs.from_config(config)).rows}
+    with pytest.raises(NormifyError, match="an inbound node has an unknown format: list"):
+        graphs.from_config(config)  # the graph reads Keras 3's language only
+    translated = formats.translate(config, formats.Origin(formats.KERAS2)).config
+    rows = {row.path: row for row in audit_graph(graphs.from_config(translated)).rows}
     assert rows["d"].normalized is False
     assert rows["e"].normalized and rows["e"].position == "pre-activation"
 
@@ -211,7 +214,7 @@ def test_graph_module_needs_no_backend():
 
     code = (
         "import sys; import normify.graph, normify.audit, normify.flow, normify.rules, "
-        "normify.passes.add, normify.io; "
+        "normify.passes.add, normify.files, normify.formats; "
         "assert 'keras' not in sys.modules and 'tensorflow' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

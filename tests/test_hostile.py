@@ -39,7 +39,7 @@ from fuzz import (
 )
 from helpers import inputs_for, max_relative_difference, predict
 
-from normify import io
+from normify import files
 from normify.errors import ModelLoadError
 
 SEED = 20251126
@@ -123,7 +123,7 @@ def test_every_case_runs_in_bounded_time(
 ) -> None:
     slowest = max(audit_outcomes + add_outcomes, key=lambda outcome: outcome.seconds)
     # a file the HDF5 library loops on is given up after H5_READ_SECONDS
-    assert slowest.seconds < io.H5_READ_SECONDS + 5, describe(slowest)
+    assert slowest.seconds < files.H5_READ_SECONDS + 5, describe(slowest)
 
 
 # ---------------------------------------------------------------------- size bombs
@@ -166,7 +166,7 @@ def test_bombs_are_refused_before_any_member_is_read(
     for case in bombs:
         opened.clear()
         with pytest.raises(ModelLoadError) as raised:
-            io.read_config(case.path)
+            files.read_config(case.path)
         assert case.path in str(raised.value)
         if case.label.startswith("bomb:"):
             assert opened == [], (case.label, opened)
@@ -181,10 +181,10 @@ def test_an_hdf5_file_the_library_loops_on_is_given_up(
     _, data = mutation((FIXTURES / "legacy_mlp.h5").read_bytes(), 6, 16567)
     path = tmp_path / "looping.h5"
     path.write_bytes(data)
-    monkeypatch.setattr(io, "H5_READ_SECONDS", 3.0)
+    monkeypatch.setattr(files, "H5_READ_SECONDS", 3.0)
     started = time.monotonic()
     with pytest.raises(ModelLoadError, match="looping.h5: is not a readable HDF5 file"):
-        io.read_config(path)
+        files.read_config(path)
     assert time.monotonic() - started < 3.0 + 5
 
 
@@ -197,7 +197,7 @@ def test_a_legitimate_deflated_model_is_not_refused(tmp_path: Path) -> None:
     ):
         for name in source.namelist():
             target.writestr(name, source.read(name))
-    assert io.read_config(path) == io.read_config(FIXTURES / "cnn.keras")
+    assert files.read_config(path) == files.read_config(FIXTURES / "cnn.keras")
 
 
 # ---------------------------------------------------------------- interrupted writes

@@ -19,9 +19,10 @@ from test_architectures import ARCHITECTURES
 
 import normify
 import normify.api as api
+from normify import files, weightfile
 from normify import graph as graphs
-from normify import io, weightfile
 from normify.backend import mend_saving_cache
+from normify.saving import save_model
 
 keras = pytest.importorskip("keras")
 layers = keras.layers
@@ -148,7 +149,7 @@ def test_rewrites_that_need_the_original_model_load_it(options, monkeypatch):
 def test_architecture_one_build_equals_load_and_rebuild(name, tmp_path, monkeypatch):
     keras.utils.set_random_seed(1)
     model, _ = ARCHITECTURES[name]()
-    path = io.save_model(randomized(model), tmp_path / "original.keras")
+    path = save_model(randomized(model), tmp_path / "original.keras")
     # safe_mode off for the Lambda layer's architecture, as its own test loads it
     one_build, standard = add_both_ways(path, monkeypatch, rnn="batchnorm", safe_mode=False)
     assert_same_result(one_build, standard)
@@ -190,7 +191,7 @@ def model_with_kept_and_changed_nested_models():
 def test_nested_models_kept_and_changed(tmp_path, monkeypatch):
     keras.utils.set_random_seed(3)
     model = randomized(model_with_kept_and_changed_nested_models())
-    path = io.save_model(model, tmp_path / "nested.keras")
+    path = save_model(model, tmp_path / "nested.keras")
     one_build, standard = add_both_ways(path, monkeypatch, exclude=["kept_tower/*", "encoder/*"])
     assert_same_result(one_build, standard)
     targets = {insertion.target for insertion in one_build.report.insertions}
@@ -207,7 +208,7 @@ def test_compiled_model(tmp_path, monkeypatch):
     model = keras.Model(inputs, layers.Dense(3, activation="softmax")(x))
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="categorical_crossentropy")
     model.fit(np.ones((8, 6)), np.eye(3)[np.arange(8) % 3], epochs=1, verbose=0)
-    path = io.save_model(model, tmp_path / "compiled.keras")
+    path = save_model(model, tmp_path / "compiled.keras")
     one_build, standard = add_both_ways(path, monkeypatch)
     assert one_build.model.compiled
     assert_same_result(one_build, standard)
@@ -216,11 +217,11 @@ def test_compiled_model(tmp_path, monkeypatch):
 def test_one_build_output_reloads_in_a_fresh_process(tmp_path, monkeypatch):
     keras.utils.set_random_seed(5)
     model = randomized(model_with_kept_and_changed_nested_models())
-    path = io.save_model(model, tmp_path / "original.keras")
+    path = save_model(model, tmp_path / "original.keras")
     spy = OneBuildSpy(monkeypatch)
     result = normify.add(path)
     assert spy.taken == [True]
-    output = io.save_model(result.model, tmp_path / "rewritten.keras")
+    output = save_model(result.model, tmp_path / "rewritten.keras")
     inputs = np.random.default_rng(0).standard_normal((5, 4)).astype("float32")
     expected = np.asarray(model(inputs, training=False))
     reloaded = predict_in_fresh_process(output, inputs, tmp_path)
@@ -231,13 +232,16 @@ def test_one_build_output_reloads_in_a_fresh_process(tmp_path, monkeypatch):
 
 
 def test_readable_only_plain_keras3_archives(tmp_path):
-    assert weightfile.readable(FIXTURES / "mlp.keras", io.KERAS)
-    assert not weightfile.readable(FIXTURES / "legacy_mlp.h5", io.H5)
+    def readable(path):
+        return weightfile.readable(files.read_model_file(path))
+
+    assert readable(FIXTURES / "mlp.keras")
+    assert not readable(FIXTURES / "legacy_mlp.h5")
     extra = tmp_path / "extra.keras"
     shutil.copy(FIXTURES / "mlp.keras", extra)
     with zipfile.ZipFile(extra, "a") as archive:
         archive.writestr("assets/vocabulary.txt", "a\nb\n")
-    assert not weightfile.readable(extra, io.KERAS)
+    assert not readable(extra)
     old = tmp_path / "old.keras"
     with zipfile.ZipFile(FIXTURES / "mlp.keras") as source, zipfile.ZipFile(old, "w") as target:
         for name in source.namelist():
@@ -245,12 +249,12 @@ def test_readable_only_plain_keras3_archives(tmp_path):
             if name == "metadata.json":
                 data = json.dumps({**json.loads(data), "keras_version": "2.15.0"}).encode()
             target.writestr(name, data)
-    assert not weightfile.readable(old, io.KERAS)
+    assert not readable(old)
 
 
 def test_weights_left_unread_are_refused():
     path = FIXTURES / "mlp.keras"
-    graph = graphs.from_config(io.read_config(path), source=path)
+    graph = graphs.from_config(files.read_config(path), source=path)
     with weightfile.WeightFile(path, graph) as weights:
         with pytest.raises(weightfile.WeightFileError, match="weights left unread: layers/"):
             weights.check_all_read()
@@ -275,7 +279,7 @@ def test_weight_groups_follow_keras_layout():
     import h5py
 
     path = FIXTURES / "nested.keras"
-    graph = graphs.from_config(io.read_config(path), source=path)
+    graph = graphs.from_config(files.read_config(path), source=path)
     expected = set(weightfile.weight_groups(graph).values())
     with zipfile.ZipFile(path) as archive, archive.open(weightfile.WEIGHTS) as handle:
         stored = set()
@@ -334,7 +338,7 @@ def test_a_channels_first_bias_of_unknown_shape_goes_through_keras(tmp_path, mon
     the config does not record for a model output: the live model must decide."""
     inputs = keras.Input((3, 6, 6))
     outputs = layers.Conv2D(4, 3, data_format="channels_first", name="conv")(inputs)
-    path = io.save_model(keras.Model(inputs, outputs), tmp_path / "cf.keras")
+    path = save_model(keras.Model(inputs, outputs), tmp_path / "cf.keras")
     spy = OneBuildSpy(monkeypatch)
     result = normify.add(path, include_output=True)
     assert spy.taken == [False]

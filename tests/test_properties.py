@@ -14,7 +14,7 @@ which starts as an identity, and must satisfy:
 2. predictions stay within 1e-5 of the original's, relative to max(1, |output|);
 3. `add` is idempotent: planning on the saved output, or adding to the new model,
    inserts nothing;
-4. the config-built graph (`graph.from_config(io.read_config(file))`) and the live-built
+4. the config-built graph (`graph.from_config(files.read_config(file))`) and the live-built
    graphs (`graph.from_model` of the loaded file and of the model in memory) have the same
    layers, calls and audit rows, for the original and the rewritten model; and `plan` on
    the original file plans exactly what `add` did;
@@ -64,9 +64,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import normify
+from normify import files
 from normify import graph as graphs
-from normify import io
 from normify.audit import audit_graph
+from normify.saving import save_model
 
 keras = pytest.importorskip("keras")
 
@@ -154,7 +155,7 @@ def output_names(model):
 
 def audits_agree(path: Path, live_models) -> None:
     """Property 4 for one file: its config-built graph and audit equal each live-built one."""
-    graph = graphs.from_config(io.read_config(path))
+    graph = graphs.from_config(files.read_config(path))
     from_file = audit_graph(graph)
     for live in live_models:
         live_graph = graphs.from_model(live)
@@ -179,7 +180,7 @@ def run_example(description, *, rnn, position, source, include_output, collector
     model = build_model(description)
     randomize_weights(model, description["seed"])
     arrays = random_arrays(description, seed=description["seed"] + 1)
-    original_path = io.save_model(model, folder / "original.keras")
+    original_path = save_model(model, folder / "original.keras")
 
     rules = normify.Rules(rnn=rnn, position=position, include_output=include_output)
     options = {"rnn": rnn, "position": position, "include_output": include_output}
@@ -202,7 +203,7 @@ def run_example(description, *, rnn, position, source, include_output, collector
         assert max_relative_difference(before, after) <= TOLERANCE
 
     # 3. idempotent
-    output_path = io.save_model(result.model, folder / "normified.keras")
+    output_path = save_model(result.model, folder / "normified.keras")
     assert normify.plan(output_path, rules).insertions == []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -276,7 +277,7 @@ def test_config_of_a_model_whose_output_is_a_nested_functional_call_is_read(tmp_
     inner = keras.Model(inner_input, dense(inner_input), name="inner")
     x = keras.Input((3,), name="x")
     model = keras.Model(x, inner(x), name="outer")
-    path = io.save_model(model, tmp_path / "outer.keras")
+    path = save_model(model, tmp_path / "outer.keras")
     assert normify.audit(path).rows == normify.audit(load(path)).rows
     assert [row.path for row in normify.audit(path).rows] == ["inner/dense"]
 
@@ -329,7 +330,7 @@ def test_plan_from_file_agrees_with_add_on_a_nested_channels_first_conv(nested, 
         sub = keras.Model(sub_input, conv(sub_input), name="sub")
     x = keras.Input((3, 8, 4), name="x")
     model = keras.Model(x, layers.Dense(2, name="out")(layers.Flatten()(sub(x))))
-    path = io.save_model(model, tmp_path / "model.keras")
+    path = save_model(model, tmp_path / "model.keras")
     added = normify.add(model).report.insertions
     assert [(i.name, i.exact, i.note) for i in added] == [("sub/conv_bn", True, None)]
     assert normify.plan(path).insertions == added

@@ -1,0 +1,39 @@
+"""What tf.keras (TensorFlow 2.x, Keras 2.4 to 2.15, tf_keras) added to Keras 2's config
+language: mixed-precision `Policy` objects, and raw TensorFlow operations saved as layers
+(TensorFlowOpLayer here; `normify.formats.tfop` translates TFOpLambda). Module paths,
+which tf_keras `.keras` files write, are Keras 2 rules (`normify.formats.keras2`): every
+old config needs Keras 3's.
+"""
+
+from __future__ import annotations
+
+from normify.formats.base import Context, Site, Stage
+
+
+def dtype_policy(site: Site, context: Context) -> None:
+    """tf.keras mixed precision wrote `Policy` objects; Keras 3 takes the policy name."""
+    dtype = site.config.get("dtype")
+    if isinstance(dtype, dict) and dtype.get("class_name") == "Policy":
+        name = (dtype.get("config") or {}).get("name")
+        if isinstance(name, str):
+            site.config["dtype"] = name
+            context.repaired(
+                "tf-keras-dtype-policy", site.path, f"dtype policy Policy({name!r}) -> {name!r}"
+            )
+
+
+def tensorflow_op_layer(site: Site, context: Context) -> None:
+    """TensorFlow 2.0 to 2.3 saved raw TensorFlow calls as TensorFlowOpLayer: a TensorFlow
+    graph node, which Keras 3 has no way to run."""
+    if site.class_name == "TensorFlowOpLayer":
+        node = site.config.get("node_def") or {}
+        op = node.get("op") if isinstance(node, dict) else None
+        raise context.refuse(
+            site.path,
+            f"TensorFlowOpLayer runs the raw TensorFlow op {op or 'unknown'!r}, which Keras 3 "
+            "cannot load (re-save the model with TensorFlow 2.4 or newer, or write the op as a "
+            "Keras layer)",
+        )
+
+
+STAGE = Stage("tf.keras", layer_rules=(dtype_policy, tensorflow_op_layer))
