@@ -6,14 +6,17 @@ and never modifies a model it is given. Nothing here prints.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
+
 import os
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from normify import files
 from normify import graph as graphs
@@ -301,6 +304,8 @@ def _add_in_one_build(
 
 def _fresh_without_data(model: Any, paths: list[str]) -> None:
     """gamma 1, beta 0 and (BatchNormalization) Keras' default moving statistics."""
+    import numpy as np
+
     from normify.calibrate import layer_at
 
     defaults = {"gamma": 1.0, "scale": 1.0, "beta": 0.0, "moving_mean": 0.0}

@@ -109,8 +109,21 @@ def audit_graph(graph: Graph, model_name: str | None = None) -> AuditReport:
         opaque=[
             {"path": path, "class": class_name, "reason": reason}
             for path, class_name, reason in opaque_parts(graph)
-        ],
+        ]
+        + _lambda_layers(graph),
     )
+
+
+LAMBDA_REASON = "Python code: rewriting needs --unsafe"
+
+
+def _lambda_layers(graph: Graph) -> list[dict[str, str]]:
+    """Lambda layers run Python code that Keras's safe mode refuses to load."""
+    return [
+        {"path": path, "class": spec.class_name, "reason": LAMBDA_REASON}
+        for path, spec, _ in walk_layers(graph)
+        if spec.class_name == "Lambda" and kinds.is_builtin(spec.module)
+    ]
 
 
 def audit_rows(graph: Graph, flow: Flow | None = None) -> list[AuditRow]:
@@ -139,7 +152,7 @@ def audit_rows(graph: Graph, flow: Flow | None = None) -> list[AuditRow]:
         rows.append(
             AuditRow(
                 path=path,
-                class_name=spec.class_name,
+                class_name=kinds.display_name(spec.class_name, spec.config),
                 kind=spec.kind,
                 activation=kinds.activation_name(spec.class_name, spec.config),
                 normalized=normalized,

@@ -13,7 +13,9 @@ from __future__ import annotations
 import inspect
 import json
 import math
+import mmap
 import os
+import struct
 import subprocess
 import sys
 import zipfile
@@ -22,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from normify import formats
+from normify import formats, hdf5
 from normify.errors import ModelLoadError, first_line
 from normify.formats import Origin, Translation
 
@@ -91,8 +93,26 @@ def read_model_file(
         if error.path is not None:
             raise
         raise type(error)(str(error), path) from None
+    _check_stored_weights(translation, attributes, path)
     training = _parse_training_config(attributes.get("training_config"))
     return ModelFile(path, file_format, written, translation, training, notices)
+
+
+def _check_stored_weights(translation: Translation, attributes: dict[str, Any], path: Path) -> None:
+    """Refuse a file whose stored weights do not fit its config, naming the first layer
+    (the shapes only, no weight is read)."""
+    from normify import weightshapes
+
+    origin = translation.origin
+    problem = None
+    if attributes.get("weights") is not None and not origin.keras1_weights:
+        problem = weightshapes.check_legacy(
+            translation.config, attributes["weights"], set(translation.weight_rules)
+        )
+    elif attributes.get("archive_weights") is not None and not origin.legacy:
+        problem = weightshapes.check_archive(translation.config, attributes["archive_weights"])
+    if problem is not None:
+        raise ModelLoadError(f"its weights do not fit its config: {problem}", path)
 
 
 def read_config(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -166,10 +186,41 @@ def _read_keras_file(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
             check_member_size(info, size, path)
         raw = _read_member(archive, "config.json", path)
         metadata = _metadata(archive, names)
+        stored = _archive_weight_shapes(archive, weights[0], path)
     config = _parse_config_json(raw, path, "config.json")
     _check_declared_sizes(config, sum(info.file_size for info in weights), path, "config.json")
     # a tf_keras `.keras` file keeps its compile config in the model config
-    return config, {"keras_version": metadata.get("keras_version"), "training_config": None}
+    return config, {
+        "keras_version": metadata.get("keras_version"),
+        "training_config": None,
+        "archive_weights": stored,
+    }
+
+
+def _archive_weight_shapes(
+    archive: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path
+) -> dict[str, tuple[int, ...]] | None:
+    """The shapes of the datasets in model.weights.h5, read in place when it is stored
+    uncompressed (as Keras stores it); None when they cannot be read this way."""
+    if info.filename != "model.weights.h5" or info.compress_type != zipfile.ZIP_STORED:
+        return None
+    try:
+        with (
+            open(path, "rb") as handle,
+            mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as view,
+        ):
+            header = view[info.header_offset : info.header_offset + 30]
+            if len(header) < 30 or header[:4] != b"PK\x03\x04":
+                return None
+            name_length, extra_length = struct.unpack("<HH", header[26:30])
+            start = info.header_offset + 30 + name_length + extra_length
+            return dict(hdf5.File(hdf5.Window(view, start, info.file_size)).datasets("/"))
+    except hdf5.Unsupported:
+        return None
+    except (hdf5.Corrupt, KeyError) as error:
+        raise ModelLoadError(f"has corrupt weights (model.weights.h5: {error})", path) from None
+    except (OSError, ValueError):
+        return None
 
 
 def _metadata(archive: zipfile.ZipFile, names: set[str]) -> dict[str, Any]:
@@ -185,9 +236,12 @@ def _metadata(archive: zipfile.ZipFile, names: set[str]) -> dict[str, Any]:
 
 
 def _read_h5_file(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    found = _h5_attributes_in_child(path)
-    if found is None:  # no child interpreter to be had: read here, unguarded
-        found = _h5_attributes(str(path))
+    try:
+        found = _h5_metadata(path)
+    except hdf5.Unsupported:  # a newer HDF5 layout than Keras writes: the HDF5 library
+        found = _h5_attributes_in_child(path)
+        if found is None:  # no child interpreter to be had: read here, unguarded
+            found = _h5_attributes(str(path))
     if "error" in found:
         raise ModelLoadError(f"is not a readable HDF5 file ({found['error']})", path)
     raw = found["config"]
@@ -254,6 +308,67 @@ def _read_member(archive: zipfile.ZipFile, name: str, path: Path) -> bytes:
         raise ModelLoadError(f"{name} cannot be read ({first_line(error)})", path) from None
     except Exception as error:  # zlib.error, encrypted or unsupported compression, ...
         raise ModelLoadError(f"{name} is corrupt ({first_line(error)})", path) from None
+
+
+def _h5_metadata(path: Path) -> dict[str, Any]:
+    """What `_h5_attributes` reads, read by `normify.hdf5` (pure Python, no h5py), with
+    the shapes of the stored weights (`weights`: layer -> [(weight name, shape)])."""
+    try:
+        with (
+            open(path, "rb") as handle,
+            mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as view,
+        ):
+            return _metadata_of(hdf5.File(view))
+    except hdf5.Corrupt as error:
+        return {"error": str(error)}
+    except (OSError, ValueError) as error:  # an unreadable or empty file
+        return {"error": first_line(error)}
+
+
+def _metadata_of(file: hdf5.File) -> dict[str, Any]:
+    root = file.node("/")
+    attrs = root.attributes
+    group = root.members.get("model_weights")
+    weights_group = file.node("model_weights") if group is not None else None
+
+    def text(value: Any) -> Any:
+        return value if value is None or isinstance(value, str) else False
+
+    return {
+        "config": text(attrs.get("model_config")),
+        "weights_only": "layer_names" in attrs
+        or "vars" in root.members
+        or "layers" in root.members,
+        "keras_version": text(attrs.get("keras_version")) or None,
+        "backend": text(attrs.get("backend")) or None,
+        "training_config": text(attrs.get("training_config")) or None,
+        "keras1_weights": weights_group is not None
+        and "keras_version" not in weights_group.attributes,
+        "weights": _stored_weights(file, weights_group) if weights_group is not None else None,
+    }
+
+
+def _stored_weights(
+    file: hdf5.File, group: hdf5.Node
+) -> dict[str, list[tuple[str, tuple[int, ...]]]]:
+    """Each stored layer's weights (Keras 2's legacy layout): name and shape, in order."""
+    names = group.attributes.get("layer_names") or []
+    stored = {}
+    for name in names if isinstance(names, list) else []:
+        if name not in group.members:
+            continue
+        layer = file._node(group.members[name])
+        weight_names = layer.attributes.get("weight_names") or []
+        shapes = []
+        for weight in weight_names if isinstance(weight_names, list) else []:
+            node = layer
+            for part in weight.split("/"):
+                node = file._node(node.members[part]) if part in node.members else None
+                if node is None:
+                    break
+            shapes.append((weight, node.shape if node is not None else None))
+        stored[name] = shapes
+    return stored
 
 
 # The HDF5 C library can loop forever on a corrupted file (a flipped byte in the global

@@ -96,19 +96,26 @@ def classify(class_name: str, module: str | None, config: dict[str, Any]) -> str
         return NORM
     if class_name in ACTIVATION_CLASSES or class_name in SHAPE_KEEPING_CLASSES:
         return PASS
-    if class_name in ("TimeDistributed", "Bidirectional"):
+    if class_name in WRAPPERS:
         inner = wrapped_layer(config)
         if inner is None:
             return OTHER
         inner_kind = classify(inner["class_name"], inner.get("module"), inner["config"])
         if class_name == "Bidirectional":
             return RNN if inner_kind == RNN else OTHER
+        if class_name == SPECTRAL:  # normalizes the weights; computes as its layer does
+            return inner_kind if inner_kind in (DENSE, CONV) else OTHER
         return inner_kind if inner_kind in (DENSE, CONV, PASS) else OTHER
     return OTHER
 
 
+SPECTRAL = "SpectralNormalization"
+WRAPPERS = ("TimeDistributed", "Bidirectional", SPECTRAL)
+
+
 def wrapped_layer(config: dict[str, Any]) -> dict[str, Any] | None:
-    """The serialized inner layer of a TimeDistributed or Bidirectional config."""
+    """The serialized inner layer of a TimeDistributed, Bidirectional or
+    SpectralNormalization config."""
     inner = config.get("layer")
     if isinstance(inner, dict) and "class_name" in inner and isinstance(inner.get("config"), dict):
         return inner
@@ -117,7 +124,7 @@ def wrapped_layer(config: dict[str, Any]) -> dict[str, Any] | None:
 
 def innermost(class_name: str, config: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     """The class name and config of the layer a wrapper wraps (the layer itself otherwise)."""
-    while class_name in ("TimeDistributed", "Bidirectional"):
+    while class_name in WRAPPERS:
         inner = wrapped_layer(config)
         if inner is None:
             break
@@ -127,6 +134,12 @@ def innermost(class_name: str, config: dict[str, Any]) -> tuple[str, dict[str, A
         if isinstance(cell.get("config"), dict):
             return cell.get("class_name", class_name), cell["config"]
     return class_name, config
+
+
+def display_name(class_name: str, config: dict[str, Any]) -> str:
+    """`SpectralNormalization(Dense)` for a wrapped layer, the class name otherwise."""
+    inner = wrapped_layer(config) if class_name == SPECTRAL else None
+    return f"{class_name}({inner['class_name']})" if inner is not None else class_name
 
 
 def activation_name(class_name: str, config: dict[str, Any]) -> str | None:

@@ -102,6 +102,7 @@ def load_model(
         if isinstance(source, ModelFile)
         else read_model_file(source, frozenset(custom_objects or ()))
     )
+    _require_state_in_file(model_file)
     from normify.backend import keras
 
     keras_module = keras()
@@ -109,6 +110,30 @@ def load_model(
         if model_file.origin.legacy:
             return _load_translated(keras_module, model_file, safe_mode, custom_objects)
         return _load_keras3(keras_module, model_file, safe_mode, custom_objects)
+
+
+# Layers whose vocabulary lives outside their variables: in a `.keras` file's assets, or
+# in their config. An `.h5` file has no assets.
+VOCABULARY_CLASSES = frozenset({"TextVectorization", "StringLookup", "IntegerLookup"})
+
+
+def _require_state_in_file(model_file: ModelFile) -> None:
+    """Refuse an `.h5` file whose lookup layers' vocabularies it does not hold: Keras
+    loads it with empty vocabularies (every token out of vocabulary) and says nothing."""
+    if model_file.format == KERAS:
+        return
+    from normify.formats.base import walk_entries
+
+    for entry in walk_entries(model_file.config):
+        if entry["class_name"] in VOCABULARY_CLASSES and isinstance(entry["config"], dict):
+            if not entry["config"].get("vocabulary"):
+                name = entry["config"].get("name") or entry["class_name"]
+                raise ModelLoadError(
+                    f"layer {name!r} ({entry['class_name']}): the file does not hold its "
+                    "vocabulary (the .h5 format has no assets; Keras would load it empty, "
+                    "so every token would be out of vocabulary); use the model's .keras file",
+                    model_file.path,
+                )
 
 
 def count_live_layers(model: Any) -> int:

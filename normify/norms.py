@@ -8,10 +8,13 @@ with `beta` as its bias. No other norm layer can start as an identity.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
+
 from collections.abc import Callable
 from typing import Any
-
-import numpy as np
 
 from normify import kinds
 
@@ -77,6 +80,8 @@ def largest_group_count(channels: int, limit: int = 32) -> int:
 def identity_moving_variance(epsilon: float, target: Any = 1.0) -> Any:
     """The float32 v for which float32(v + epsilon) == target exactly (target near 1);
     elementwise for an array of targets."""
+    import numpy as np
+
     if np.ndim(target):
         return np.array([identity_moving_variance(epsilon, t) for t in target], np.float32)
     eps, goal = np.float32(epsilon), np.float32(target)
@@ -101,6 +106,8 @@ def unit_rsqrt_arguments(channels: int, rsqrt: Callable[[np.ndarray], np.ndarray
     tail of long ones) is exact at 1.0. So each position gets the first candidate that is
     exact there (1.0 where none is).
     """
+    import numpy as np
+
     one = np.float32(1)
     below = np.nextafter(one, np.float32(0), dtype=np.float32)
     candidates = [

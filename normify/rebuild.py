@@ -34,8 +34,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from normify import incell, kinds, norms
 from normify.errors import NormifyError
 from normify.graph import (
@@ -53,6 +51,8 @@ from normify.graph import (
 )
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from normify.weightfile import WeightFile
 
 
@@ -80,6 +80,7 @@ def rebuild(graph: Graph, share: bool = True, weights: WeightFile | None = None)
 
 class _Builder:
     def __init__(self, share: bool, weights: WeightFile | None = None) -> None:
+
         from normify.backend import keras
 
         self.keras = keras()
@@ -290,6 +291,8 @@ class _Builder:
             variable.assign(_value_for(value, variable.shape, variable.dtype))
 
     def identity_variance(self, epsilon: float, shape: tuple[int, ...]) -> np.ndarray:
+        import numpy as np
+
         targets = self._unit_rsqrt(int(np.prod(shape)))
         return norms.identity_moving_variance(epsilon, targets)
 
@@ -305,6 +308,8 @@ class _DeferredIdentityVariance:
 def _value_for(value: Any, shape: Any, dtype: Any) -> Any:
     """`value` (a variable, a deferred identity variance, a scalar or an array) as an
     array of `shape` and `dtype`."""
+    import numpy as np
+
     shape = tuple(shape)
     if isinstance(value, _DeferredIdentityVariance):
         value = value.builder.identity_variance(value.epsilon, shape)

@@ -116,6 +116,11 @@ def _skip_reason(path: str, sites: list, flow: Flow, rules: Rules) -> str | None
         )
     if _is_quantized(spec.config):
         return "quantized layer: normify does not rewrite quantized layers"
+    if spec.class_name == kinds.SPECTRAL and rules.position == "pre":
+        return (
+            "wrapped in SpectralNormalization, whose weights cannot be split from its "
+            "activation (pass --position post to normalize its output)"
+        )
     return None
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import tempfile
 import warnings
@@ -208,9 +209,24 @@ def _reload(path: Path, safe_mode: bool, custom_objects: dict[str, Any] | None) 
             )
     except Exception as error:
         raise OutputError(
-            f"the rewritten model does not load back ({first_line(error)}); nothing was replaced",
+            f"the rewritten model does not load back ({_failed_object(error)}); nothing was "
+            "replaced",
             path,
         ) from error
+
+
+_KERAS_OBJECT = re.compile(r"<(\w+) name=([^,>]+)")
+
+
+def _failed_object(error: BaseException) -> str:
+    """Keras's load error, the layer it names first (Keras lists the objects whose state
+    it could not restore as `<Class name=..., built=...>`)."""
+    match = _KERAS_OBJECT.search(str(error))
+    if match is None:
+        return first_line(error)
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    cause = lines[1] if len(lines) > 1 and not lines[1].startswith("List of") else lines[0]
+    return f"layer {match.group(2)!r} ({match.group(1)}): {cause[:200]}"
 
 
 def _compare_state(model: Any, reloaded: Any, stateful: dict[str, Any], path: Path) -> None:

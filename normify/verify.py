@@ -12,14 +12,17 @@ became a BatchNormalization's beta is reported as moved, not lost.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
+
 import hashlib
 import math
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
-
-import numpy as np
 
 from normify.errors import NormifyError
 from normify.graph import iter_leaves
@@ -250,6 +253,8 @@ class _Variable:
 
 def _digest(value: np.ndarray) -> bytes:
     """A fingerprint of dtype, shape and bits, so bit-exact copies are found by lookup."""
+    import numpy as np
+
     hasher = hashlib.blake2b(digest_size=16)
     hasher.update(f"{value.dtype.str}{value.shape}".encode())
     hasher.update(np.ascontiguousarray(value).tobytes())
@@ -259,6 +264,8 @@ def _digest(value: np.ndarray) -> bytes:
 def _variables(layers: dict[str, Any]) -> dict[tuple[str, str], _Variable]:
     """Every variable keyed (layer path, key), in model order; nested models contribute
     their layers' variables under those layers' own paths."""
+    import numpy as np
+
     found: dict[tuple[str, str], _Variable] = {}
     for path, layer in layers.items():
         if _is_graph_model(layer):
@@ -367,6 +374,8 @@ def _find_copy(
 
 def _abs_diff(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """|a - b| in float64, 0 where both hold the same value (inf) or both are NaN."""
+    import numpy as np
+
     a64 = np.asarray(a, dtype=np.float64)
     b64 = np.asarray(b, dtype=np.float64)
     with np.errstate(invalid="ignore"):
@@ -377,6 +386,8 @@ def _abs_diff(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def _max_abs(diff: np.ndarray) -> float:
     # np.max propagates NaN, which is what a NaN on one side only deserves.
+    import numpy as np
+
     return float(np.max(diff)) if diff.size else 0.0
 
 
@@ -387,6 +398,8 @@ def _drift(
     original: Any, rewritten: Any, data: Any, batch_size: int, max_samples: int
 ) -> dict[str, Any]:
     """Max abs, mean abs (over every output element) and relative output difference."""
+    import numpy as np
+
     batches, source = _input_batches(original, data, batch_size, max_samples)
     names = [spec[0] for spec in _input_specs(original)]
     total = _DriftTotal()
@@ -413,6 +426,8 @@ def _input_batches(
 
 def _outputs(model: Any, inputs: list[np.ndarray], names: list[str]) -> Any:
     """The model's outputs as numpy: a dict when it returns one, else a list in order."""
+    import numpy as np
+
     from normify.backend import keras
 
     ops = keras().ops
@@ -464,6 +479,8 @@ class _DriftTotal:
     samples: int = 0
 
     def add(self, pairs: list[tuple[str, np.ndarray, np.ndarray]], samples: int) -> None:
+        import numpy as np
+
         for _, a, b in pairs:
             diff = _abs_diff(a, b)
             self.max_abs = max(self.max_abs, _max_abs(diff), key=_nan_first)

@@ -230,7 +230,7 @@ def cudnn_layers(site: Site, context: Context) -> None:
     context.repaired(
         "keras2-cudnn",
         site.path,
-        f"{class_name} -> {'GRU(reset_after=True' if gru else 'LSTM('}, tanh, sigmoid) "
+        f"{class_name} -> {'GRU(reset_after=True, ' if gru else 'LSTM('}tanh, sigmoid) "
         "with its cuDNN weights translated",
     )
     convert = weight_math.cudnn_gru if gru else weight_math.cudnn_lstm
@@ -301,7 +301,9 @@ def hard_sigmoid(site: Site, context: Context) -> None:
         blocks = [GATES[cell].index(gate) for gate in GATES[cell] if gate in gates]
         scale = weight_math.scale_gate_blocks(len(GATES[cell]), blocks, HARD_SIGMOID_SCALE)
         named = ", ".join(gate for gate in GATES[cell] if gate in gates)
-        what = f"the {named} gate columns of kernel, recurrent_kernel and bias"
+        what = "kernel, recurrent_kernel and bias"
+        if len(GATES[cell]) > 1:
+            what = f"the {named} gate columns of {what}"
     elif class_name in LINEAR_LAYERS and keys == ["activation"]:
         separable = class_name.startswith("Separable")
         scale = weight_math.scale_all(HARD_SIGMOID_SCALE, skip_first=separable)
@@ -315,7 +317,7 @@ def hard_sigmoid(site: Site, context: Context) -> None:
     context.repaired(
         "keras2-hard-sigmoid",
         site.path,
-        f"{' and '.join(keys)} hard_sigmoid is clip(0.2x + 0.5) in Keras 2 but "
+        f"{' = '.join(keys)} = hard_sigmoid, which is clip(0.2x + 0.5) in Keras 2 but "
         f"clip(x/6 + 0.5) in Keras 3: {what} scaled by 1.2",
     )
     context.weights(_weights_key(site), "keras2-hard-sigmoid", _in_wrapper(site, scale, context))

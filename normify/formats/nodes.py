@@ -136,8 +136,13 @@ def _shift_nested_references(entry: dict[str, Any], layers: list[Any]) -> set[st
     ends += leaf_references(entry["config"].get("output_layers"))
     shifted = set()
     for name, nested in nested_models(layers):
-        if not _own_graph(nested) or any(ref[0] == name and ref[1] == 0 for ref in inbound + ends):
+        indices = [ref[1] for ref in inbound + ends if ref[0] == name]
+        calls = len(nested.get("inbound_nodes") or [])
+        if not indices or 0 in indices:
             continue  # a reference to node 0: this model's numbering counts calls already
+        # an index past its calls can only count its own graph; otherwise how it was built
+        if max(indices) < calls and not _own_graph(nested):
+            continue
         # Keras 3 reads ends to a nested Functional model the Keras 2 way.
         sequential = nested["class_name"] == "Sequential"
         refs = [ref for ref in inbound + (ends if sequential else []) if ref[0] == name]

@@ -21,8 +21,6 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from normify import incell, kinds, norms
 from normify.audit import POST, PRE
 from normify.graph import (
@@ -371,8 +369,3 @@ def _linear_config(
     elif drop_bias:
         config["use_bias"] = False
     return config
-
-
-def initial_value(value: Any, shape: tuple[int, ...], dtype: str) -> np.ndarray:
-    """A numpy array of `shape` for an `init` entry that is a number or an array."""
-    return np.broadcast_to(np.asarray(value, dtype=dtype), shape).copy()
