@@ -24,6 +24,7 @@ from normify.formats import Translation
 from normify.formats.base import Context, Site, Stage, short
 
 ANY = None  # every value is neutral
+OPS_MODULE = "keras.src.ops"
 
 
 def _values(*values: Any) -> Callable[[Any], bool]:
@@ -49,6 +50,11 @@ NEUTRAL: dict[str, Callable[[Any], bool] | None] = {
     "type_spec": _values(None),
     "noise_shape": _values(None),
     "ragged": _values(False, None),
+    # tf.keras's MultiHeadAttention recorded the shapes it was built for; Keras 3 builds
+    # it when the model calls it, on the same shapes
+    "query_shape": ANY,
+    "key_shape": ANY,
+    "value_shape": ANY,
 }
 # Arguments tf.keras's depthwise and separable convolutions inherit but never use.
 UNUSED = {
@@ -72,6 +78,8 @@ def keras3_module(site: Site, context: Context) -> None:
 def fit_arguments(site: Site, context: Context) -> None:
     class_name = site.class_name
     module = site.entry.get("module")
+    if module is not None and module.startswith(OPS_MODULE):
+        return  # an operation (normify.formats.tfop), not the layer of the same class name
     cls = (
         keras_layer_class(class_name) if module is not None and module.startswith("keras") else None
     )

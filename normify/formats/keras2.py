@@ -33,6 +33,7 @@ from normify.formats.base import (
     shape_text,
 )
 from normify.formats.nodes import convert_model_nodes, is_reference, tensor
+from normify.formats.tfop import OP_CLASSES
 
 FUNCTIONAL_MODULE = "keras.src.models.functional"
 RECURRENT_CLASSES = frozenset(
@@ -145,6 +146,8 @@ def layer_module(site: Site, context: Context) -> None:
     old = site.entry.get("module")
     if old is None or is_keras3_module(old) or not is_builtin_module(old):
         return  # Keras 3's, none, or a library's or the user's own class
+    if site.class_name in OP_CLASSES:
+        return  # no Keras 3 layer: `normify.formats.tfop` rewrites the whole entry
     context.repaired("keras2-module", site.path, f"module {old} -> keras.layers")
     site.entry["module"] = "keras.layers"
     site.entry.setdefault("registered_name", None)
