@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from normify import files
+from normify import files, kinds
 from normify import graph as graphs
 from normify.audit import AuditReport, audit_graph
 from normify.errors import NormifyError, UnsupportedModelError
@@ -108,18 +108,34 @@ class Result:
 
 
 def audit(
-    model_or_path: ModelOrPath, *, custom_objects: dict[str, Any] | None = None
+    model_or_path: ModelOrPath,
+    *,
+    custom_objects: dict[str, Any] | None = None,
+    load: bool = False,
+    safe_mode: bool = True,
 ) -> AuditReport:
     """Audit which dense, conv and recurrent layers are normalized, by what, and where.
 
-    A path is audited from its config alone, without importing a Keras backend.
+    A path is audited from its config alone, without importing a Keras backend. With
+    `load`, the model is loaded with Keras and its live graph audited: what a library's
+    Functional subclass (keras-hub) shows only once built. A library model audited from
+    its config alone is refused with what to do instead of an empty table.
     """
     if isinstance(model_or_path, (str, os.PathLike)):
         path = Path(model_or_path)
+        if load:
+            from normify.loading import load_model
+
+            loaded = load_model(path, safe_mode=safe_mode, custom_objects=custom_objects)
+            return audit_graph(graphs.from_model(loaded.model, flatten=True), model_name=str(path))
         model_file = files.read_model_file(path, frozenset(custom_objects or ()))
         graph = graphs.from_config(model_file.config, source=path)
+        if graph.opaque_reason is not None and kinds.library_of(model_file.config.get("module")):
+            raise UnsupportedModelError(
+                f"cannot audit {graph.class_name} from its config: {graph.opaque_reason}", path
+            )
         return audit_graph(graph, model_name=str(path))
-    return audit_graph(graphs.from_model(model_or_path))
+    return audit_graph(graphs.from_model(model_or_path, flatten=load))
 
 
 def plan(
@@ -162,6 +178,7 @@ def add(
     quiet: bool = True,
     safe_mode: bool = True,
     custom_objects: dict[str, Any] | None = None,
+    flatten: bool = False,
 ) -> Result:
     """Insert norm layers after dense, conv and recurrent layers, by rule.
 
@@ -200,10 +217,10 @@ def add(
     built, model_file = None, None
     if isinstance(model_or_path, (str, os.PathLike)):
         model_file = files.read_model_file(model_or_path, frozenset(custom_objects or ()))
-        if init == "identity" and data is None and not measure_drift:
+        if init == "identity" and data is None and not measure_drift and not flatten:
             built = _add_in_one_build(model_file, rules, safe_mode, custom_objects)
     if built is None:
-        source = _open(model_file or model_or_path, safe_mode, custom_objects)
+        source = _open(model_file or model_or_path, safe_mode, custom_objects, flatten)
         decisions = decide(source.graph, build_flow(source.graph), rules)
         new_graph, insertions = add_norms(source.graph, decisions, rules)
         model = _rebuild(source, new_graph, changed=bool(insertions))
@@ -332,6 +349,7 @@ def swap(
     quiet: bool = True,
     safe_mode: bool = True,
     custom_objects: dict[str, Any] | None = None,
+    flatten: bool = False,
 ) -> Result:
     """Replace norm layers of one class (`from_norm`) by another (`to_norm`).
 
@@ -342,7 +360,7 @@ def swap(
     """
     from normify.passes.swap import swap_norms
 
-    source = _open(model_or_path, safe_mode, custom_objects)
+    source = _open(model_or_path, safe_mode, custom_objects, flatten)
     try:
         new_graph, swaps, kept, notices = swap_norms(
             source.graph,
@@ -383,6 +401,7 @@ def strip(
     max_samples: int = 1024,
     safe_mode: bool = True,
     custom_objects: dict[str, Any] | None = None,
+    flatten: bool = False,
 ) -> Result:
     """Remove norm layers (`kind`: batchnorm, layernorm, groupnorm, rmsnorm, unitnorm or
     all). A BatchNormalization directly after a linear layer is folded into it first, so
@@ -392,7 +411,7 @@ def strip(
     if kind not in (*STRIP_KINDS, IN_CELL_KIND, "all"):
         choices = ", ".join((*STRIP_KINDS, IN_CELL_KIND))
         raise NormifyError(f"--kind must be one of {choices} or all, not {kind!r}")
-    source = _open(model_or_path, safe_mode, custom_objects)
+    source = _open(model_or_path, safe_mode, custom_objects, flatten)
     new_graph, removals, kept = strip_norms(source.graph, kind, tuple(include), tuple(exclude))
     model = _rebuild(source, new_graph, changed=bool(removals))
     report = RewriteReport("strip", source.name, removals, kept, notices=source.notices)
@@ -414,12 +433,13 @@ def fold(
     max_samples: int = 1024,
     safe_mode: bool = True,
     custom_objects: dict[str, Any] | None = None,
+    flatten: bool = False,
 ) -> Result:
     """Fold every BatchNormalization that directly follows a dense or conv layer into that
     layer (for deployment). Those that cannot be folded stay, each with its reason."""
     from normify.passes.fold import fold_batchnorms
 
-    source = _open(model_or_path, safe_mode, custom_objects)
+    source = _open(model_or_path, safe_mode, custom_objects, flatten)
     new_graph, folds, kept = fold_batchnorms(source.graph, tuple(include), tuple(exclude))
     model = _rebuild(source, new_graph, changed=bool(folds))
     report = RewriteReport("fold", source.name, folds, kept, notices=source.notices)
@@ -440,6 +460,7 @@ def recalibrate(
     quiet: bool = True,
     safe_mode: bool = True,
     custom_objects: dict[str, Any] | None = None,
+    flatten: bool = False,
 ) -> Result:
     """Recompute the exact moving mean and variance of every selected BatchNormalization
     over `data`, layer after layer, each seeing the recalibrated layers before it."""
@@ -450,7 +471,7 @@ def recalibrate(
 
     if data is None:
         raise NormifyError("recalibrate needs data (--data)")
-    source = _open(model_or_path, safe_mode, custom_objects)
+    source = _open(model_or_path, safe_mode, custom_objects, flatten)
     calibration = _calibration_data(
         data, source.model, batch_size, max_samples, quiet, "recalibrating"
     )
@@ -555,11 +576,15 @@ class _Source:
     share: bool
     notices: list[str]
     origin: Origin | None = None
+    flattened: bool = False
 
 
-def _open(model_or_path: Any, safe_mode: bool, custom_objects: Any) -> _Source:
+def _open(
+    model_or_path: Any, safe_mode: bool, custom_objects: Any, flatten: bool = False
+) -> _Source:
     """Load (or take) the model and build its graph, refusing models normify cannot rewrite.
-    `model_or_path` is a model, a path, or the `ModelFile` the caller has read already."""
+    `model_or_path` is a model, a path, or the `ModelFile` the caller has read already.
+    With `flatten`, Functional subclasses (keras-hub backbones) are read as plain graphs."""
     from normify.loading import load_model
 
     notices: list[str] = []
@@ -567,24 +592,46 @@ def _open(model_or_path: Any, safe_mode: bool, custom_objects: Any) -> _Source:
         model_file = model_or_path
         if not isinstance(model_file, files.ModelFile):
             model_file = files.read_model_file(model_file, frozenset(custom_objects or ()))
-        # A model normify cannot rewrite is refused from its config, before Keras loads it.
+        # A model normify cannot rewrite is refused from its config, before Keras loads it
+        # (a subclass to flatten shows its graph only once loaded).
         config_graph = graphs.from_config(model_file.config, source=model_file.path)
-        _require_rewritable(config_graph, str(model_file.path))
+        if not flatten:
+            _require_rewritable(config_graph, str(model_file.path))
         loaded = load_model(model_file, safe_mode=safe_mode, custom_objects=custom_objects)
         model, share, name, origin = loaded.model, True, str(loaded.path), loaded.origin
         notices.extend(loaded.notices)
     else:
         model, share, name, origin = model_or_path, False, model_or_path.name, None
-    graph = graphs.from_model(model)
+    graph = graphs.from_model(model, flatten=flatten)
     _require_rewritable(graph, name)
-    return _Source(model, graph, name, share, notices, origin)
+    flattened = list(graph.flattened)
+    for _, spec, _ in graphs.walk_layers(graph):
+        if spec.subgraph is not None:
+            flattened.extend(part for part in spec.subgraph.flattened if part not in flattened)
+    notices.extend(_flattened_notice(*part) for part in flattened)
+    return _Source(model, graph, name, share, notices, origin, flattened=bool(flattened))
+
+
+def _flattened_notice(name: str, class_name: str, module: str) -> str:
+    library = kinds.library_of(module)
+    needs = (
+        f"its layers are {library[0]}'s registered classes, so {library[1]} must be "
+        "installed to load the result"
+        if library is not None
+        else "its layers' classes must be importable to load the result"
+    )
+    return (
+        f"{name}: flattened {class_name} into a plain Functional model of the same layers "
+        f"and weights; the {class_name} class is gone (its constructor arguments and "
+        f"methods are not kept); {needs}"
+    )
 
 
 def _rebuild(source: _Source, graph: graphs.Graph, changed: bool) -> Any:
     """The new model (compiled like the original), with Keras' warnings as notices."""
     from normify.rebuild import rebuild
 
-    if not changed and source.share:
+    if not changed and source.share and not source.flattened:
         return source.model  # nothing to change in a model we loaded ourselves
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

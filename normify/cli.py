@@ -100,59 +100,6 @@ def _parse_requirements(values: tuple[str, ...]) -> dict[str, str]:
     return requirements
 
 
-@main.command()
-@click.argument("model", type=click.Path(path_type=Path))
-@click.option("--json", "as_json", is_flag=True, help="Print the audit as one JSON object.")
-@click.option(
-    "--require",
-    "requirements",
-    multiple=True,
-    metavar="KIND=NORM",
-    help="Policy to enforce, e.g. dense=batchnorm or rnn=any (repeatable). "
-    "Exit 1 and list the violating layers when the model breaks it.",
-)
-@click.option("--strict", is_flag=True, help="Do not exempt output layers from --require.")
-@reports_errors
-def audit(model: Path, as_json: bool, requirements: tuple[str, ...], strict: bool) -> None:
-    """Report which dense, conv and recurrent layers are normalized, by what, and where.
-
-    Reads only the model's config: no TensorFlow is imported.
-    """
-    from normify.api import audit as run_audit
-
-    required = _parse_requirements(requirements)
-    report = run_audit(model)
-    violations = report.violations(required, strict=strict)
-    if required and report.opaque and not report.rows:
-        raise NormifyError(
-            "cannot check --require: the model's layers cannot be read "
-            f"({report.opaque[0]['reason']})",
-            model,
-        )
-    if as_json:
-        payload = report.to_json()
-        if required:
-            payload["violations"] = [v.__dict__ for v in violations]
-        click.echo(json.dumps(payload, indent=2))
-    else:
-        from rich.console import Console
-
-        from normify.audit import render_table
-
-        # Piped output is not wrapped at 80 columns: it is read by tools and CI logs.
-        render_table(report, Console() if sys.stdout.isatty() else Console(width=200))
-        for violation in violations:
-            found = violation.found or "no norm"
-            click.echo(
-                f"violation: {violation.path} ({violation.kind}) requires "
-                f"{violation.required}, has {found}"
-            )
-        if required and not violations:
-            click.echo("policy satisfied")
-    if violations:
-        sys.exit(EXIT_VIOLATION)
-
-
 # ------------------------------------------------------------------ shared options
 
 
@@ -183,6 +130,13 @@ def _output_options(suffix: str) -> Callable[..., Any]:
         click.option("--no-backup", is_flag=True, help="With --in-place: keep no MODEL.bak."),
         click.option("--dry-run", is_flag=True, help="Print the plan and write nothing."),
         click.option("--json", "as_json", is_flag=True, help="Print the plan or report as JSON."),
+        click.option(
+            "--flatten",
+            is_flag=True,
+            help="Rewrite a library's Functional subclass (keras-hub backbones) as a plain "
+            "Functional model of the same layers; the library stays needed to load it "
+            "(loads the model even with --dry-run).",
+        ),
     )
 
 
@@ -216,6 +170,79 @@ LOADING_OPTIONS = _options(
         help="Python file that defines and registers custom layers (repeatable).",
     ),
 )
+
+
+@main.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the audit as one JSON object.")
+@click.option(
+    "--require",
+    "requirements",
+    multiple=True,
+    metavar="KIND=NORM",
+    help="Policy to enforce, e.g. dense=batchnorm or rnn=any (repeatable). "
+    "Exit 1 and list the violating layers when the model breaks it.",
+)
+@click.option("--strict", is_flag=True, help="Do not exempt output layers from --require.")
+@click.option(
+    "--load",
+    is_flag=True,
+    help="Load the model with Keras and audit its live graph (a library's model "
+    "subclass, such as a keras-hub backbone, shows its layers only once built).",
+)
+@LOADING_OPTIONS
+@reports_errors
+def audit(
+    model: Path,
+    as_json: bool,
+    requirements: tuple[str, ...],
+    strict: bool,
+    load: bool,
+    unsafe: bool,
+    custom_object_files: tuple[Path, ...],
+) -> None:
+    """Report which dense, conv and recurrent layers are normalized, by what, and where.
+
+    Reads only the model's config (no TensorFlow is imported), unless --load.
+    """
+    from normify.api import audit as run_audit
+
+    required = _parse_requirements(requirements)
+    if load:
+        loading = _loading(unsafe, custom_object_files)
+        with _backend_outside_collections():
+            report = run_audit(model, load=True, **loading)
+    else:
+        report = run_audit(model)
+    violations = report.violations(required, strict=strict)
+    if required and report.opaque and not report.rows:
+        raise NormifyError(
+            "cannot check --require: the model's layers cannot be read "
+            f"({report.opaque[0]['reason']})",
+            model,
+        )
+    if as_json:
+        payload = report.to_json()
+        if required:
+            payload["violations"] = [v.__dict__ for v in violations]
+        click.echo(json.dumps(payload, indent=2))
+    else:
+        from rich.console import Console
+
+        from normify.audit import render_table
+
+        # Piped output is not wrapped at 80 columns: it is read by tools and CI logs.
+        render_table(report, Console() if sys.stdout.isatty() else Console(width=200))
+        for violation in violations:
+            found = violation.found or "no norm"
+            click.echo(
+                f"violation: {violation.path} ({violation.kind}) requires "
+                f"{violation.required}, has {found}"
+            )
+        if required and not violations:
+            click.echo("policy satisfied")
+    if violations:
+        sys.exit(EXIT_VIOLATION)
 
 
 def _data_options(required: bool = False, purpose: str = "") -> Callable[..., Any]:
@@ -286,9 +313,7 @@ def _save(result: Any, destination: _Destination, loading: dict[str, Any]) -> No
     from normify.saving import save_in_place, save_model
 
     if destination.in_place:
-        backup = save_in_place(
-            result.model, destination.path, backup=destination.backup, **loading
-        )
+        backup = save_in_place(result.model, destination.path, backup=destination.backup, **loading)
         result.report.notices.append(
             f"replaced {destination.path} in place"
             + (f"; the previous file is {backup}" if backup else " (no backup kept)")
@@ -311,6 +336,13 @@ def _rewrite(
     """What every rewriting command does: print the plan for --dry-run, or check where
     the result goes (before any work), rewrite, save, print the report."""
     as_json = options["as_json"]
+    flatten = {"flatten": options["flatten"]}
+    if options["dry_run"] and options["flatten"]:
+        # a subclass shows its graph only once loaded: rewrite in memory, write nothing
+        loading = _loading(options["unsafe"], options["custom_object_files"])
+        with _backend_outside_collections():
+            printer(run({**loading, **flatten}).report, as_json, True)
+        return
     if options["dry_run"]:
         printer(plan(), as_json, True)
         return
@@ -324,7 +356,7 @@ def _rewrite(
     )
     loading = _loading(options["unsafe"], options["custom_object_files"])
     with _backend_outside_collections():
-        result = run(loading)
+        result = run({**loading, **flatten})
         _save(result, destination, loading)
     printer(result.report, as_json, False)
 
@@ -350,7 +382,7 @@ def _output_and_loading(locals_: dict[str, Any]) -> dict[str, Any]:
     """The output and loading options every rewriting command takes, from its arguments."""
     keys = (
         "output", "force", "in_place", "no_backup", "dry_run", "as_json", "unsafe",
-        "custom_object_files",
+        "custom_object_files", "flatten",
     )  # fmt: skip
     return {key: locals_[key] for key in keys}
 
@@ -436,6 +468,7 @@ def add(
     as_json: bool,
     unsafe: bool,
     custom_object_files: tuple[Path, ...],
+    flatten: bool,
     measure_drift: bool | None,
 ) -> None:
     """Insert norm layers after dense, conv and recurrent layers, keeping every weight.
@@ -664,6 +697,7 @@ def strip(
     force: bool, in_place: bool, no_backup: bool, dry_run: bool, as_json: bool,
     unsafe: bool,
     custom_object_files: tuple[Path, ...],
+    flatten: bool,
 ) -> None:  # fmt: skip
     """Remove norm layers. A BatchNormalization right after a linear layer is folded into
     it first, so inference is unchanged; every other removal's drift is reported."""
@@ -694,6 +728,7 @@ def fold(
     batch_size: int, max_samples: int, quiet: bool, output: Path | None, force: bool,
     in_place: bool, no_backup: bool, dry_run: bool, as_json: bool, unsafe: bool,
     custom_object_files: tuple[Path, ...],
+    flatten: bool,
 ) -> None:  # fmt: skip
     """Fold every BatchNormalization that directly follows a dense or conv layer into it.
 
@@ -727,6 +762,7 @@ def recalibrate(
     batch_size: int, max_samples: int, quiet: bool, output: Path | None, force: bool,
     in_place: bool, no_backup: bool, dry_run: bool, as_json: bool, unsafe: bool,
     custom_object_files: tuple[Path, ...],
+    flatten: bool,
 ) -> None:  # fmt: skip
     """Recompute the exact moving statistics of every BatchNormalization over --data.
 

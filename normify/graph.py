@@ -131,6 +131,8 @@ class Graph:
     # Static shapes of the tensors that flow between nodes (batch dimension included),
     # where known: what some rules need (a channels_first bias, a channel count).
     shapes: dict[TensorRef, tuple[int | None, ...]] = field(default_factory=dict, compare=False)
+    # (name, class, module) of the Functional subclasses read as plain graphs (`flatten`)
+    flattened: list[tuple[str, str, str]] = field(default_factory=list, compare=False)
 
     def copy(self) -> Graph:
         """A copy whose `layers` and `nodes` dicts can be edited without touching this
@@ -269,17 +271,23 @@ def _graph_from_serialized(serialized: dict[str, Any], depth: int) -> Graph:
         raise NormifyError(f"model config of {class_name} is not a mapping")
     name = config.get("name") or class_name
     if class_name not in kinds.MODEL_CLASSES or not isinstance(config.get("layers"), list):
-        return _opaque_graph(name, class_name)
+        return _opaque_graph(name, class_name, serialized.get("module"))
     if class_name == "Sequential":
         return _sequential_from_config(name, config, depth)
     return _functional_from_config(name, class_name, config, depth)
 
 
-def _opaque_graph(name: str, class_name: str) -> Graph:
+def _opaque_graph(name: str, class_name: str, module: Any = None) -> Graph:
     reason = (
         f"{class_name} is a model subclass whose config holds constructor arguments, "
         "not a layer graph"
     )
+    library = kinds.library_of(module if isinstance(module, str) else None)
+    if library is not None:
+        reason += (
+            f" (a {library[0]} model: --flatten rewrites it as a plain Functional model, and "
+            f"audit --load reads its layers; both need {library[1]} installed)"
+        )
     return Graph(name, class_name, False, {}, {}, [], [], opaque_reason=reason)
 
 
@@ -560,9 +568,13 @@ def _topological(pending: list[Node], model_name: str) -> dict[str, Node]:
 # ---------------------------------------------------------------- building from models
 
 
-def from_model(model: Any) -> Graph:
-    """Build a graph from a live `keras.Model` (Functional or Sequential, nested at will)."""
-    return _graph_from_live(model, depth=0)
+def from_model(model: Any, flatten: bool = False) -> Graph:
+    """Build a graph from a live `keras.Model` (Functional or Sequential, nested at will).
+
+    With `flatten`, a Functional subclass (a library's model class, such as keras-hub's
+    backbones, whose config holds constructor arguments) is read as the Functional
+    graph of layers it is, and named in the graph's `flattened`."""
+    return _graph_from_live(model, 0, flatten)
 
 
 def _is_exact_class(obj: Any, names: tuple[str, ...]) -> bool:
@@ -570,26 +582,43 @@ def _is_exact_class(obj: Any, names: tuple[str, ...]) -> bool:
     return cls.__name__ in names and cls.__module__.split(".")[0] == "keras"
 
 
-def _graph_from_live(model: Any, depth: int) -> Graph:
+def _graph_from_live(model: Any, depth: int, flatten: bool) -> Graph:
     if depth > MAX_NESTING:
         raise UnsupportedModelError(f"models nest more than {MAX_NESTING} levels deep")
     class_name = type(model).__name__
     if _is_exact_class(model, ("Sequential",)):
-        return _sequential_from_live(model, depth)
+        return _sequential_from_live(model, depth, flatten)
     if _is_exact_class(model, ("Functional",)):
-        return _functional_from_live(model, depth)
-    graph = _opaque_graph(model.name, class_name)
+        return _functional_from_live(model, depth, flatten)
+    if flatten and _is_functional_subclass(model):
+        graph = _functional_from_live(model, depth, flatten)
+        graph.flattened = [(model.name, class_name, type(model).__module__), *graph.flattened]
+        return graph
+    graph = _opaque_graph(model.name, class_name, type(model).__module__)
     graph.obj = model
     return graph
 
 
-def _spec_from_live(operation: Any, depth: int) -> LayerSpec:
+def _is_functional_subclass(model: Any) -> bool:
+    from keras.src.models.functional import Functional
+
+    return isinstance(model, Functional) and hasattr(model, "_outputs_struct")
+
+
+def _spec_from_live(operation: Any, depth: int, flatten: bool) -> LayerSpec:
     class_name = type(operation).__name__
     module = type(operation).__module__
     from keras import Model
 
     if isinstance(operation, Model):
-        subgraph = _graph_from_live(operation, depth + 1)
+        subgraph = _graph_from_live(operation, depth + 1, flatten)
+        if subgraph.flattened and subgraph.flattened[0][0] == operation.name:
+            # rebuilt as the plain Functional model its graph is
+            spec = LayerSpec(
+                name=operation.name, class_name="Functional", module="keras.src.models.functional",
+                config={}, kind=kinds.MODEL, subgraph=subgraph, status=MODIFIED, obj=operation,
+            )  # fmt: skip
+            return spec
         return LayerSpec(
             name=operation.name,
             class_name=class_name,
@@ -619,14 +648,14 @@ def _live_config(operation: Any) -> dict[str, Any]:
     return config if isinstance(config, dict) else {"name": operation.name}
 
 
-def _sequential_from_live(model: Any, depth: int) -> Graph:
+def _sequential_from_live(model: Any, depth: int, flatten: bool) -> Graph:
     layers: dict[str, LayerSpec] = {}
     nodes: dict[str, Node] = {}
     shapes: dict[TensorRef, tuple[int | None, ...]] = {}
     previous: TensorRef | None = None
     inputs: list[TensorRef] = []
     for layer in model._layers:  # includes the InputLayer, unlike `model.layers`
-        spec = _spec_from_live(layer, depth)
+        spec = _spec_from_live(layer, depth, flatten)
         if spec.name in layers:
             raise UnsupportedModelError(f"layer name {spec.name!r} is used twice in {model.name}")
         layers[spec.name] = spec
@@ -648,7 +677,7 @@ def _sequential_from_live(model: Any, depth: int) -> Graph:
     )
 
 
-def _functional_from_live(model: Any, depth: int) -> Graph:
+def _functional_from_live(model: Any, depth: int, flatten: bool) -> Graph:
     from keras import KerasTensor  # a live model means Keras is already imported
 
     # The nodes of this model: everything reachable backwards from its outputs.
@@ -667,7 +696,7 @@ def _functional_from_live(model: Any, depth: int) -> Graph:
     layers: dict[str, LayerSpec] = {}
     ids: dict[tuple[int, int], str] = {}
     for operation in model.operations:
-        spec = _spec_from_live(operation, depth)
+        spec = _spec_from_live(operation, depth, flatten)
         if spec.name in layers:
             raise UnsupportedModelError(f"layer name {spec.name!r} is used twice in {model.name}")
         layers[spec.name] = spec

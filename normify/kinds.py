@@ -171,3 +171,19 @@ def is_activation_layer(class_name: str, config: dict[str, Any]) -> bool:
     if class_name == "Activation":
         return _activation_to_name(config.get("activation")) not in LINEAR_ACTIVATIONS
     return class_name in ACTIVATION_CLASSES
+
+
+# Libraries whose model and layer classes saved files name by module, with the package
+# that installs each.
+LIBRARIES = {
+    "keras_hub": "keras-hub",
+    "keras_nlp": "keras-nlp",
+    "keras_cv": "keras-cv",
+    "tensorflow_addons": "tensorflow-addons",
+}
+
+
+def library_of(module: str | None) -> tuple[str, str] | None:
+    """(import name, package to install) of the library a class's module belongs to."""
+    top = str(module or "").split(".")[0]
+    return (top, LIBRARIES[top]) if top in LIBRARIES else None

@@ -29,6 +29,7 @@ from normify.errors import ModelLoadError, NormifyError, first_line
 from normify.files import KERAS, ModelFile, count_layers, read_model_file
 from normify.formats import Origin, Translation
 from normify.formats.base import Context
+from normify.kinds import library_of
 
 
 @dataclass
@@ -103,6 +104,7 @@ def load_model(
         else read_model_file(source, frozenset(custom_objects or ()))
     )
     _require_state_in_file(model_file)
+    _require_libraries(model_file)
     from normify.backend import keras
 
     keras_module = keras()
@@ -115,6 +117,23 @@ def load_model(
 # Layers whose vocabulary lives outside their variables: in a `.keras` file's assets, or
 # in their config. An `.h5` file has no assets.
 VOCABULARY_CLASSES = frozenset({"TextVectorization", "StringLookup", "IntegerLookup"})
+
+
+def _require_libraries(model_file: ModelFile) -> None:
+    """Refuse, before Keras tries, a file whose classes come from a library that is not
+    installed (Keras would say it cannot locate the class)."""
+    from normify.formats.base import walk_entries
+
+    for entry in walk_entries(model_file.config):
+        library = library_of(entry.get("module"))
+        if library is not None and importlib.util.find_spec(library[0]) is None:
+            config = entry["config"] if isinstance(entry["config"], dict) else {}
+            name = config.get("name") or entry["class_name"]
+            raise ModelLoadError(
+                f"layer {name!r} ({entry['class_name']}) comes from {library[0]}, which is "
+                f"not installed (pip install {library[1]})",
+                model_file.path,
+            )
 
 
 def _require_state_in_file(model_file: ModelFile) -> None:
@@ -331,11 +350,6 @@ def describe_load_error(error: BaseException) -> str | None:
     return None
 
 
-# Keras wraps the error of a layer it cannot deserialize or call in messages of its own;
-# the real cause follows one of these.
-_WRAPPED_CAUSE = re.compile(r"Exception encountered:\s*(.+)", re.DOTALL)
-
-
 def _cause(
     config: dict[str, Any], error: BaseException, custom_objects: Any, safe_mode: bool
 ) -> str:
@@ -348,17 +362,15 @@ def _cause(
 
 
 def _unwrapped(error: BaseException) -> str:
+    """The innermost message Keras wrapped (each wrapper ends with "Exception
+    encountered: <its cause>"), along the chain of causes."""
     while True:
         text = str(error)
-        match = _WRAPPED_CAUSE.search(text)
-        if match:
-            return first_line(ValueError(match.group(1)))
+        marker = text.rfind("Exception encountered:")
+        if marker >= 0:
+            return first_line(ValueError(text[marker + len("Exception encountered:") :].strip()))
         inner = error.__cause__ or error.__context__
-        if (
-            inner is None
-            or "could not be deserialized" not in text
-            and "Exception encountered" not in text
-        ):
+        if inner is None or "could not be deserialized" not in text:
             return first_line(error)
         error = inner
 

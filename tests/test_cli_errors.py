@@ -344,8 +344,7 @@ def test_add_refuses_a_model_keras_cannot_load(
     [
         ("subclassed", ["Sub"], 0),
         ("unknown_layer", ["NoSuchLayer"], 3),
-        ("lambda", [], 2),
-        ("corrupt_weights", [], 3),
+        ("lambda", ["Lambda"], 2),
     ],
 )
 def test_audit_reads_the_config_of_a_model_keras_cannot_load(
@@ -365,6 +364,16 @@ def test_audit_reads_the_config_of_a_model_keras_cannot_load(
     report = json.loads(result.stdout)
     assert [part["class"] for part in report["opaque"]] == opaque
     assert report["summary"]["dense"]["total"] == dense
+
+
+def test_audit_refuses_corrupt_weights_it_reads_the_shapes_of(
+    models: Path, bad_inputs: dict[str, Path], tmp_path: Path
+) -> None:
+    """Audit reads the stored weights' shapes (not their data): corrupt weights are one line."""
+    name = copy_into(_unloadable_path("corrupt_weights", models, bad_inputs), tmp_path)
+    before = snapshot(tmp_path)
+    result = normify("audit", name, cwd=tmp_path)
+    assert_clean_failure(result, before, snapshot(tmp_path), name, "has corrupt weights")
 
 
 def test_audit_require_on_an_opaque_model_fails(models: Path, tmp_path: Path) -> None:

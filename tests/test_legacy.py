@@ -182,8 +182,8 @@ def test_weights_that_do_not_fit_the_config_are_one_line(tmp_path):
     message = str(raised.value)
     assert "\n" not in message
     assert message == (
-        f"{path}: layer 'dense_1': stored weight of shape (32, 16) does not fit kernel of "
-        "shape (32, 15)"
+        f"{path}: its weights do not fit its config: layer 'dense_1' (Dense): the file stores "
+        "kernel of shape (32, 16) where its config needs (?, 15)"
     )
 
 

@@ -122,7 +122,54 @@ def _neutral(class_name: str, key: str, value: Any) -> bool:
     return value is None or value is False or value == [] or value == {}
 
 
-STAGE = Stage("Keras 3 arguments", layer_rules=(keras3_module, fit_arguments))
+# The kinds of objects a layer config holds besides layers, where Keras 3 finds each.
+OBJECT_MODULES = {
+    "_initializer": "initializers",
+    "_regularizer": "regularizers",
+    "_constraint": "constraints",
+}
+
+
+def fit_object_arguments(site: Site, context: Context) -> None:
+    """Initializer, regularizer and constraint configs can carry arguments Keras 3's
+    classes refuse (TensorFlow 1's `dtype` on every initializer). An initializer only
+    starts weights that the file then sets; the others shape training, not what the layer
+    computes: the refused arguments are dropped."""
+    import keras
+
+    for key, value in site.config.items():
+        suffix = next((s for s in OBJECT_MODULES if key.endswith(s)), None)
+        if (
+            suffix is None
+            or not isinstance(value, dict)
+            or not isinstance(value.get("config"), dict)
+        ):
+            continue
+        cls = getattr(getattr(keras, OBJECT_MODULES[suffix]), str(value.get("class_name")), None)
+        if not isinstance(cls, type):
+            continue  # a custom or unknown object: Keras names it if it cannot find it
+        accepted = _signature_arguments(cls)
+        for argument in [
+            name for name in value["config"] if accepted is not None and name not in accepted
+        ]:
+            dropped = value["config"].pop(argument)
+            context.repaired(
+                "keras2-argument",
+                site.path,
+                f"{key} {value['class_name']}: dropped argument {argument}={short(dropped)}, "
+                "which Keras 3 does not take",
+            )
+
+
+def _signature_arguments(cls: type) -> frozenset[str] | None:
+    """What a class's constructor takes by name (None when it takes any keyword)."""
+    parameters = inspect.signature(cls).parameters.values()
+    if any(parameter.kind == parameter.VAR_KEYWORD for parameter in parameters):
+        return accepted_arguments(cls)
+    return frozenset(parameter.name for parameter in parameters)
+
+
+STAGE = Stage("Keras 3 arguments", layer_rules=(keras3_module, fit_arguments, fit_object_arguments))
 
 
 def fit(translation: Translation, custom_names: frozenset[str] = frozenset()) -> Translation:

@@ -452,6 +452,28 @@ def recurrent_initial_state(site: Site, context: Context) -> None:
         )
 
 
+def bidirectional_backwards(site: Site, context: Context) -> None:
+    """Keras 2 made a Bidirectional's backward layer run the other way from its forward
+    layer; Keras 3 makes it run backwards always, so a forward layer that already runs
+    backwards gets an explicit backward layer running forwards."""
+    config = site.config
+    inner = config.get("layer")
+    if site.class_name != "Bidirectional" or config.get("backward_layer") is not None:
+        return
+    if not is_entry(inner) or inner["config"].get("go_backwards") is not True:
+        return
+    backward = copy.deepcopy(inner)
+    backward["config"]["go_backwards"] = False
+    backward["config"]["name"] = f"backward_{inner['config'].get('name', 'layer')}"
+    config["backward_layer"] = backward
+    context.repaired(
+        "keras2-bidirectional",
+        site.path,
+        "the forward layer runs backwards: explicit backward layer running forwards, as "
+        "Keras 2 made it",
+    )
+
+
 LAYER_RULES = (
     layer_module,
     input_shape,
@@ -461,6 +483,7 @@ LAYER_RULES = (
     gru_reset_after,
     hard_sigmoid,
     recurrent_initial_state,
+    bidirectional_backwards,
 )
 
 STAGE = Stage("Keras 2", MODEL_RULES, LAYER_RULES)

@@ -34,9 +34,8 @@ def scale_gate_blocks(gates: int, blocks: Sequence[int], factor: float) -> Weigh
             scaled = np.array(array, copy=True)
             for block in blocks:
                 part = scaled[..., block * size : (block + 1) * size]
-                scaled[..., block * size : (block + 1) * size] = part * np.asarray(
-                    factor, dtype=scaled.dtype
-                )
+                # in float64, rounded once: the factor itself is not a float32 number
+                scaled[..., block * size : (block + 1) * size] = part.astype(np.float64) * factor
             result.append(scaled)
         return result
 
@@ -50,7 +49,9 @@ def scale_all(factor: float, skip_first: bool = False) -> WeightFunction:
         import numpy as np
 
         return [
-            array if skip_first and index == 0 else array * np.asarray(factor, dtype=array.dtype)
+            array
+            if skip_first and index == 0
+            else (array.astype(np.float64) * factor).astype(array.dtype)
             for index, array in enumerate(arrays)
         ]
 
