@@ -92,7 +92,7 @@ if mode == "normify":
     graph = graphs.from_config(model_file.config, source=path)
     mark("read config, graph from config")
     rules = Rules()
-    new_graph, insertions = add_norms(graph, decide(graph, build_flow(graph), rules), rules)
+    new_graph, insertions, _, _ = add_norms(graph, decide(graph, build_flow(graph), rules), rules)
     mark("plan")
     if insertions and readable(model_file):
         with WeightFile(path, graph) as weights:
@@ -141,7 +141,7 @@ def count_insertions(path: Path) -> int:
     )
     if completed.returncode != 0:
         raise BenchmarkError(f"dry run of {path} failed:\n{tail(completed.stderr)}")
-    return len(json.loads(completed.stdout)["insertions"])
+    return len(json.loads(completed.stdout)["changes"])
 
 
 def split_run(path: Path, output: Path, mode: str, env: dict[str, str]) -> dict[str, float]:
@@ -210,7 +210,7 @@ def render(
     ]
     for r in results:
         rows.append(
-            f"| {r.name} ({file_size(r.path)}) | {r.insertions} | {r.normify.median:.3f} "
+            f"| {r.name} ({file_size(r.path)}) | {r.changes} | {r.normify.median:.3f} "
             f"| {r.normify.minimum:.3f} | {r.plain.median:.3f} | {r.plain.minimum:.3f} "
             f"| {r.ratio:.3f} | ≤ {RATIO_TARGET} | {checks[r.name].verdict} |"
         )

@@ -10,9 +10,8 @@ __version__ = "0.1.0"
 
 # Bound after the submodules load, so `normify.audit` is the function, not the module.
 from normify.api import (  # noqa: E402
-    AddReport,
+    Report,
     Result,
-    RewriteReport,
     add,
     audit,
     fold,
@@ -27,11 +26,10 @@ from normify.rules import Rules  # noqa: E402
 from normify.verify import VerifyReport, verify  # noqa: E402
 
 __all__ = [
-    "AddReport",
     "AuditReport",
     "NormifyError",
+    "Report",
     "Result",
-    "RewriteReport",
     "Rules",
     "VerifyReport",
     "__version__",

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 import os
 import warnings
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,77 +24,13 @@ from normify.audit import AuditReport, audit_graph
 from normify.errors import NormifyError, UnsupportedModelError
 from normify.flow import build_flow
 from normify.formats import Origin
-from normify.incell import POSITION as IN_CELL_POSITION
+from normify.passes import Kept, PassResult
 from normify.passes.add import Insertion, add_norms
-from normify.passes.edit import Kept
-from normify.rules import IN_CELL, Decision, Rules, decide
+from normify.reports import Report
+from normify.rules import IN_CELL, Rules, decide
 from normify.verify import VerifyReport, verify
 
 ModelOrPath = Any  # keras.Model | str | os.PathLike
-
-
-@dataclass
-class AddReport:
-    """What `add` did: every insertion, every skip with its reason, and measured drift."""
-
-    model: str
-    insertions: list[Insertion]
-    skipped: list[Decision]
-    drift: dict[str, Any] | None = None
-    notices: list[str] = field(default_factory=list)
-    output: str | None = None
-    init: str = "identity"
-    layer_drift: dict[str, dict[str, float]] = field(default_factory=dict)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "command": "add",
-            "model": self.model,
-            "init": self.init,
-            "insertions": [
-                {**insertion.to_json(), "drift": self.layer_drift.get(insertion.name)}
-                for insertion in self.insertions
-            ],
-            "skipped": [{"target": d.path, "reason": d.reason} for d in self.skipped],
-            "drift": self.drift,
-            "notices": list(self.notices),
-            "output": self.output,
-        }
-
-
-CHANGE_KEYS = {"swap": "swaps", "strip": "removals", "fold": "folds", "recalibrate": "layers"}
-
-
-@dataclass
-class RewriteReport:
-    """What `swap`, `strip`, `fold` or `recalibrate` did: the changes (records with
-    `to_json`), the layers left alone with the reason, and measured drift."""
-
-    command: str
-    model: str
-    changes: list[Any]
-    kept: list[Kept]
-    drift: dict[str, Any] | None = None
-    layer_drift: dict[str, dict[str, float]] = field(default_factory=dict)
-    notices: list[str] = field(default_factory=list)
-    output: str | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        changes = []
-        for change in self.changes:
-            entry = change.to_json()
-            if self.layer_drift.get(change.path) is not None:
-                entry["drift"] = self.layer_drift[change.path]
-            changes.append(entry)
-        return {
-            "command": self.command,
-            "model": self.model,
-            CHANGE_KEYS[self.command]: changes,
-            "kept": [kept.to_json() for kept in self.kept],
-            "drift": self.drift,
-            "notices": list(self.notices),
-            "output": self.output,
-        }
 
 
 @dataclass
@@ -103,7 +39,7 @@ class Result:
     wrote the file the model was read from (None for a model passed in)."""
 
     model: Any
-    report: Any  # AddReport for add, RewriteReport for the other commands
+    report: Report
     origin: Origin | None = None
 
 
@@ -141,23 +77,20 @@ def audit(
 def plan(
     model_or_path: ModelOrPath,
     rules: Rules | None = None,
-) -> AddReport:
+) -> Report:
     """The `add` plan (insertions and skips) without building anything.
 
     For a path this reads the config only, without a Keras backend.
     """
     rules = rules or Rules()
     if isinstance(model_or_path, (str, os.PathLike)):
-        path = Path(model_or_path)
-        graph = graphs.from_config(files.read_model_file(path).config, source=path)
-        name = str(path)
+        graph, name = _readable_graph(model_or_path), str(model_or_path)
     else:
         graph = graphs.from_model(model_or_path)
         name = graph.name
-    _require_rewritable(graph, name)
-    decisions = decide(graph, build_flow(graph), rules)
-    _, insertions = add_norms(graph, decisions, rules)
-    return AddReport(name, insertions, [d for d in decisions if not d.insert])
+        _require_rewritable(graph, name)
+    planned = add_norms(graph, decide(graph, build_flow(graph), rules), rules)
+    return Report("add", name, planned.changes, planned.kept, dry_run=True)
 
 
 def add(
@@ -214,27 +147,28 @@ def add(
         raise NormifyError(f"--init must be one of {', '.join(INITS)}, not {init!r}")
     if init == "calibrate" and data is None:
         raise NormifyError("--init calibrate needs calibration data (--data)")
-    built, model_file = None, None
+    model_file = None
     if isinstance(model_or_path, (str, os.PathLike)):
         model_file = files.read_model_file(model_or_path, frozenset(custom_objects or ()))
-        if init == "identity" and data is None and not measure_drift and not flatten:
-            built = _add_in_one_build(model_file, rules, safe_mode, custom_objects)
-    if built is None:
-        source = _open(model_file or model_or_path, safe_mode, custom_objects, flatten)
-        decisions = decide(source.graph, build_flow(source.graph), rules)
-        new_graph, insertions = add_norms(source.graph, decisions, rules)
-        model = _rebuild(source, new_graph, changed=bool(insertions))
+    # One way through, chosen before any planning: straight from the file when nothing
+    # needs the original model afterwards, else through Keras's loader.
+    if model_file is not None and builds_from_file(
+        model_file, rules, init=init, data=data, measure_drift=measure_drift, flatten=flatten
+    ):
+        source = _from_file(model_file)
     else:
-        source, decisions, insertions, model = built
-    skipped = [d for d in decisions if not d.insert]
-    report = AddReport(source.name, insertions, skipped, notices=source.notices, init=init)
-    report.notices.extend(f"{i.target}: {i.note}" for i in insertions if i.note)
+        source = _open(model_file or model_or_path, safe_mode, custom_objects, flatten)
+    planned = add_norms(source.graph, decide(source.graph, build_flow(source.graph), rules), rules)
+    insertions = planned.changes
+    model = _build(source, planned.graph, bool(insertions), safe_mode, custom_objects)
+    report = Report("add", source.name, insertions, planned.kept, notices=source.notices, init=init)
+    report.notices.extend(f"{i.path}: {i.note}" for i in insertions if i.note)
     calibration = _calibration_data(
         data, source.model, batch_size, max_samples, quiet, "calibrating inserted norms"
     )
     # A converted recurrent layer's norms start at gamma 1, beta 0: there are no moving
     # statistics to calibrate inside a cell.
-    paths = [insertion.name for insertion in insertions if insertion.position != IN_CELL_POSITION]
+    paths = [insertion.name for insertion in insertions if insertion.position != kinds.IN_CELL]
     if init != "identity" and paths:
         from normify.calibrate import initialize_from_data
 
@@ -242,81 +176,105 @@ def add(
             initialize_from_data(model, paths, calibration.batches, init)
         else:
             _fresh_without_data(model, paths)
+    report.notices.extend(_not_identity_notices(insertions, init))
     inexact = [i for i in insertions if not i.exact] if init == "identity" else insertions
-    not_identity = sorted(
-        {i.norm_class for i in insertions if i.norm not in ("batchnorm", IN_CELL)}
-    )
-    if any(i.position == IN_CELL_POSITION for i in insertions):
-        report.notices.append(
-            "layer normalization inside a recurrent cell cannot start as an identity: "
-            "predictions change until retraining (see drift); loading the result needs "
-            "normify installed (import normify registers its layers with Keras)"
-        )
-    if init == "fresh":
-        report.notices.append(
-            "--init fresh is not an identity at inference: predictions change until "
-            "retraining (see drift)"
-        )
-    elif not_identity:
-        report.notices.append(
-            f"{', '.join(not_identity)} cannot start as an identity: predictions change "
-            "until retraining (see drift)"
-        )
     if measure_drift or (measure_drift is None and inexact):
         from normify.drift import output_drift, tensor_drift
 
         batches = _batches(calibration, source.model)
         report.drift = output_drift(source.model, model, batches, _source_label(calibration))
         # each insertion: the tensor its chain now produces against the one it stands in for
-        before = {i.name: (i.replaces, "output") for i in insertions}
-        after = {i.name: (i.chain_end, "output") for i in insertions}
+        before = {i.path: (i.replaces, "output") for i in insertions}
+        after = {i.path: (i.chain_end, "output") for i in insertions}
         report.layer_drift = tensor_drift(source.model, before, model, after, batches)
+    report.summary = _summary(source, planned.graph, model, report.drift)
     return Result(model, report, source.origin)
+
+
+def _not_identity_notices(insertions: list[Insertion], init: str) -> list[str]:
+    notices = []
+    if any(i.position == kinds.IN_CELL for i in insertions):
+        notices.append(
+            "layer normalization inside a recurrent cell cannot start as an identity: "
+            "predictions change until retraining (see drift); loading the result needs "
+            "normify installed (import normify registers its layers with Keras)"
+        )
+    not_identity = sorted(
+        {i.norm_class for i in insertions if i.norm not in ("batchnorm", IN_CELL)}
+    )
+    if init == "fresh":
+        notices.append(
+            "--init fresh is not an identity at inference: predictions change until "
+            "retraining (see drift)"
+        )
+    elif not_identity:
+        notices.append(
+            f"{', '.join(not_identity)} cannot start as an identity: predictions change "
+            "until retraining (see drift)"
+        )
+    return notices
 
 
 INITS = ("identity", "calibrate", "fresh")
 
 
-def _add_in_one_build(
+def builds_from_file(
     model_file: files.ModelFile,
     rules: Rules,
-    safe_mode: bool,
-    custom_objects: dict[str, Any] | None,
-) -> tuple[_Source, list[Decision], list[Insertion], Any] | None:
-    """`add` planned on the file's config and built once, with the weights read from the
-    file (`normify.weightfile`), when nothing needs the original model afterwards: every
-    insertion an exact identity, no drift to measure. None when that does not apply or
-    fails: the caller then loads the model with Keras, which says what is wrong."""
-    from normify.rebuild import rebuild
-    from normify.weightfile import WeightFile, readable
+    *,
+    init: str = "identity",
+    data: Any = None,
+    measure_drift: bool | None = None,
+    flatten: bool = False,
+) -> bool:
+    """Whether `add` builds its result straight from the file (its config and stored
+    weights, `normify.weightfile`) instead of loading the model with Keras first: when
+    nothing needs the original model afterwards. Decided before any planning, from the
+    file and the options: a Keras 3 archive of config and weights only; an identity init
+    and no data; no drift to measure, which means every norm the rules could insert is an
+    exact identity (BatchNormalization); no model subclass to flatten; and no
+    channels_first convolution, whose moved bias may be one Keras misapplies (only the
+    live model's shapes tell)."""
+    from normify.weightfile import readable
 
-    path, config = model_file.path, model_file.config
-    graph = graphs.from_config(config, source=path)
-    _require_rewritable(graph, str(path))
-    if not readable(model_file):
-        return None
-    decisions = decide(graph, build_flow(graph), rules)
-    new_graph, insertions = add_norms(graph, decisions, rules)
-    # exactness that hangs on a shape only the live model knows is for the live model to say
-    if not insertions or not all(i.exact and not i.bias_shape_unknown for i in insertions):
-        return None
-    notices = list(model_file.notices)
-    source = _Source(None, graph, str(path), True, notices, origin=model_file.origin)
-    compile_config = config.get("compile_config")
-    try:
-        with (
-            WeightFile(path, graph, safe_mode, custom_objects) as weights,
-            warnings.catch_warnings(record=True) as caught,
-        ):
-            warnings.simplefilter("always")
-            model = rebuild(new_graph, weights=weights)
-            if compile_config:
-                model.compile_from_config(compile_config)
-                source.notices.append(COMPILED_NOTICE)
-    except Exception:
-        return None
-    source.notices.extend(line for line in _warning_lines(caught) if line not in source.notices)
-    return source, decisions, insertions, model
+    if not readable(model_file) or init != "identity" or data is not None:
+        return False
+    if measure_drift or flatten:
+        return False
+    present = _kinds_in_config(model_file.config)
+    if any(
+        rules.norm_for(kind) not in ("batchnorm", "none") for kind in present - {"channels_first"}
+    ):
+        return False
+    return "channels_first" not in present
+
+
+def _kinds_in_config(config: dict[str, Any]) -> set[str]:
+    """The target kinds (dense, conv, rnn) of a config's layers, and `channels_first`
+    when a layer computes channels first."""
+    from normify.formats.base import walk_entries
+
+    found = set()
+    for entry in walk_entries(config):
+        inner = entry["config"]
+        if not isinstance(inner, dict):
+            continue
+        kind = kinds.classify(entry["class_name"], entry.get("module"), inner)
+        if kind in kinds.TARGET_KINDS:
+            found.add(kind)
+        if inner.get("data_format") == "channels_first":
+            found.add("channels_first")
+    return found
+
+
+def _from_file(model_file: files.ModelFile) -> _Source:
+    """The model's graph from its config, its weights to be read from the file."""
+    graph = graphs.from_config(model_file.config, source=model_file.path)
+    _require_rewritable(graph, str(model_file.path))
+    return _Source(
+        None, graph, str(model_file.path), True, list(model_file.notices), model_file.origin,
+        model_file=model_file,
+    )  # fmt: skip
 
 
 def _fresh_without_data(model: Any, paths: list[str]) -> None:
@@ -362,7 +320,7 @@ def swap(
 
     source = _open(model_or_path, safe_mode, custom_objects, flatten)
     try:
-        new_graph, swaps, kept, notices = swap_norms(
+        planned = swap_norms(
             source.graph,
             from_norm,
             to_norm,
@@ -375,8 +333,11 @@ def swap(
         if error.path is not None:
             raise
         raise NormifyError(str(error), source.name) from None
-    model = _rebuild(source, new_graph, changed=bool(swaps))
-    report = RewriteReport("swap", source.name, swaps, kept, notices=source.notices + notices)
+    swaps = planned.changes
+    model = _build(source, planned.graph, bool(swaps), safe_mode, custom_objects)
+    report = Report(
+        "swap", source.name, swaps, planned.kept, notices=source.notices + planned.notices
+    )
     calibration = _calibration_data(
         data, source.model, batch_size, max_samples, quiet, "fitting swapped norms"
     )
@@ -387,6 +348,7 @@ def swap(
         fit_replacements(source.model, model, paths, calibration.batches)
     if paths:
         _measure(report, source.model, model, calibration, paths, "output")
+    report.summary = _summary(source, planned.graph, model, report.drift)
     return Result(model, report, source.origin)
 
 
@@ -412,14 +374,16 @@ def strip(
         choices = ", ".join((*STRIP_KINDS, IN_CELL_KIND))
         raise NormifyError(f"--kind must be one of {choices} or all, not {kind!r}")
     source = _open(model_or_path, safe_mode, custom_objects, flatten)
-    new_graph, removals, kept = strip_norms(source.graph, kind, tuple(include), tuple(exclude))
-    model = _rebuild(source, new_graph, changed=bool(removals))
-    report = RewriteReport("strip", source.name, removals, kept, notices=source.notices)
+    planned = strip_norms(source.graph, kind, tuple(include), tuple(exclude))
+    removals = planned.changes
+    model = _build(source, planned.graph, bool(removals), safe_mode, custom_objects)
+    report = Report("strip", source.name, removals, planned.kept, notices=source.notices)
     if removals:
         calibration = _calibration_data(data, source.model, batch_size, max_samples)
         inexact = [r.path for r in removals if not r.exact and not r.in_cell]
         converted = [r.path for r in removals if r.in_cell]
         _measure(report, source.model, model, calibration, inexact, "removed", converted)
+    report.summary = _summary(source, planned.graph, model, report.drift)
     return Result(model, report, source.origin)
 
 
@@ -440,12 +404,14 @@ def fold(
     from normify.passes.fold import fold_batchnorms
 
     source = _open(model_or_path, safe_mode, custom_objects, flatten)
-    new_graph, folds, kept = fold_batchnorms(source.graph, tuple(include), tuple(exclude))
-    model = _rebuild(source, new_graph, changed=bool(folds))
-    report = RewriteReport("fold", source.name, folds, kept, notices=source.notices)
+    planned = fold_batchnorms(source.graph, tuple(include), tuple(exclude))
+    folds = planned.changes
+    model = _build(source, planned.graph, bool(folds), safe_mode, custom_objects)
+    report = Report("fold", source.name, folds, planned.kept, notices=source.notices)
     if folds:
         calibration = _calibration_data(data, source.model, batch_size, max_samples)
         _measure(report, source.model, model, calibration, [], "output")
+    report.summary = _summary(source, planned.graph, model, report.drift)
     return Result(model, report, source.origin)
 
 
@@ -483,13 +449,14 @@ def recalibrate(
         else:
             kept.append(Kept(path, reason))
     model = rebuild(source.graph, share=False)  # a copy: the original stays for comparison
-    report = RewriteReport("recalibrate", source.name, [], kept, notices=source.notices)
+    report = Report("recalibrate", source.name, [], kept, notices=source.notices)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         _compile_like(source.model, model, report.notices)
     if chosen:
         report.changes = recalibrate_batchnorms(model, chosen, calibration.batches)
         _measure(report, source.model, model, calibration, [], "output")
+    report.summary = _summary(source, source.graph, model, report.drift)
     return Result(model, report, source.origin)
 
 
@@ -505,16 +472,15 @@ def plan_swap(
     include: Iterable[str] = (),
     exclude: Iterable[str] = (),
     allow_mask_loss: bool = False,
-) -> RewriteReport:
+) -> Report:
     """What `swap` would do to a model file, read from its config alone (no backend)."""
     from normify.passes.swap import swap_norms
 
-    graph = _readable_graph(path)
-    _, swaps, kept, notices = swap_norms(
-        graph, from_norm, to_norm, groups=groups, include=tuple(include),
+    planned = swap_norms(
+        _readable_graph(path), from_norm, to_norm, groups=groups, include=tuple(include),
         exclude=tuple(exclude), allow_mask_loss=allow_mask_loss,
     )  # fmt: skip
-    return RewriteReport("swap", str(path), swaps, kept, notices=notices)
+    return _plan_report("swap", path, planned)
 
 
 def plan_strip(
@@ -523,27 +489,27 @@ def plan_strip(
     kind: str = "all",
     include: Iterable[str] = (),
     exclude: Iterable[str] = (),
-) -> RewriteReport:
+) -> Report:
     """What `strip` would do to a model file, read from its config alone (no backend)."""
     from normify.passes.strip import strip_norms
 
-    _, removals, kept = strip_norms(_readable_graph(path), kind, tuple(include), tuple(exclude))
-    return RewriteReport("strip", str(path), removals, kept)
+    planned = strip_norms(_readable_graph(path), kind, tuple(include), tuple(exclude))
+    return _plan_report("strip", path, planned)
 
 
 def plan_fold(
     path: str | os.PathLike[str], *, include: Iterable[str] = (), exclude: Iterable[str] = ()
-) -> RewriteReport:
+) -> Report:
     """What `fold` would do to a model file, read from its config alone (no backend)."""
     from normify.passes.fold import fold_batchnorms
 
-    _, folds, kept = fold_batchnorms(_readable_graph(path), tuple(include), tuple(exclude))
-    return RewriteReport("fold", str(path), folds, kept)
+    planned = fold_batchnorms(_readable_graph(path), tuple(include), tuple(exclude))
+    return _plan_report("fold", path, planned)
 
 
 def plan_recalibrate(
     path: str | os.PathLike[str], *, include: Iterable[str] = (), exclude: Iterable[str] = ()
-) -> RewriteReport:
+) -> Report:
     """Which BatchNormalizations `recalibrate` would update (config only, no backend)."""
     from normify.calibrate import PlannedRecalibration
     from normify.passes.fold import batchnorm_paths
@@ -556,7 +522,13 @@ def plan_recalibrate(
             changes.append(PlannedRecalibration(layer_path))
         else:
             kept.append(Kept(layer_path, reason))
-    return RewriteReport("recalibrate", str(path), changes, kept)
+    return Report("recalibrate", str(path), changes, kept, dry_run=True)
+
+
+def _plan_report(command: str, path: str | os.PathLike[str], planned: PassResult) -> Report:
+    return Report(
+        command, str(path), planned.changes, planned.kept, notices=planned.notices, dry_run=True
+    )
 
 
 def _readable_graph(path: str | os.PathLike[str]) -> graphs.Graph:
@@ -577,6 +549,7 @@ class _Source:
     notices: list[str]
     origin: Origin | None = None
     flattened: bool = False
+    model_file: files.ModelFile | None = None  # set when the result is built from the file
 
 
 def _open(
@@ -627,18 +600,60 @@ def _flattened_notice(name: str, class_name: str, module: str) -> str:
     )
 
 
-def _rebuild(source: _Source, graph: graphs.Graph, changed: bool) -> Any:
-    """The new model (compiled like the original), with Keras' warnings as notices."""
+def _build(
+    source: _Source, graph: graphs.Graph, changed: bool, safe_mode: bool, custom_objects: Any
+) -> Any:
+    """The new model, compiled like the original: built from the file's config and weights
+    (`_from_file`), or from the loaded model's layers; a model loaded here with nothing to
+    change is returned as it is."""
     from normify.rebuild import rebuild
 
+    if source.model_file is not None:
+        from normify.weightfile import WeightFile
+
+        compile_config = source.model_file.config.get("compile_config")
+        with WeightFile(source.model_file.path, source.graph, safe_mode, custom_objects) as weights:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # Keras's notices of its own, not ours
+                model = rebuild(graph, weights=weights)
+                if compile_config:
+                    model.compile_from_config(compile_config)
+                    source.notices.append(COMPILED_NOTICE)
+        return model
     if not changed and source.share and not source.flattened:
         return source.model  # nothing to change in a model we loaded ourselves
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Keras's notices of its own, not ours
         model = rebuild(graph, share=source.share)
         _compile_like(source.model, model, source.notices)
-    source.notices.extend(line for line in _warning_lines(caught) if line not in source.notices)
     return model
+
+
+def _summary(source: _Source, after: graphs.Graph, model: Any, drift: Any) -> dict[str, Any]:
+    """The before/after table of a rewrite: layers by class (where they differ),
+    parameters, file size (the output's is filled in once written) and output drift."""
+    before_params = (
+        source.model.count_params() if source.model is not None else source.model_file.parameters
+    )
+    return {
+        "layers": {"before": _class_counts(source.graph), "after": _class_counts(after)},
+        "parameters": {"before": before_params, "after": model.count_params()},
+        "file_bytes": {
+            "before": Path(source.name).stat().st_size
+            if source.share and Path(source.name).is_file()
+            else None,
+            "after": None,
+        },
+        "output_drift": drift["relative"] if drift else None,
+    }
+
+
+def _class_counts(graph: graphs.Graph) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for _, spec, _ in graphs.walk_layers(graph):
+        if spec.kind not in (kinds.INPUT, kinds.OP):
+            counts[spec.class_name] = counts.get(spec.class_name, 0) + 1
+    return dict(sorted(counts.items()))
 
 
 @dataclass
@@ -687,7 +702,7 @@ def _source_label(calibration: Any) -> str:
 
 
 def _measure(
-    report: RewriteReport,
+    report: Report,
     original: Any,
     model: Any,
     calibration: Any,
@@ -749,20 +764,10 @@ COMPILED_NOTICE = (
 )
 
 
-def _warning_lines(caught: list[warnings.WarningMessage]) -> list[str]:
-    lines = []
-    for warning in caught:
-        text = str(warning.message).strip().splitlines()
-        if text and text[0] not in lines:
-            lines.append(text[0])
-    return lines
-
-
 __all__ = [
-    "AddReport",
     "NormifyError",
+    "Report",
     "Result",
-    "RewriteReport",
     "VerifyReport",
     "add",
     "audit",

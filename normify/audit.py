@@ -13,9 +13,7 @@ from normify import incell, kinds
 from normify.flow import Flow, build_flow
 from normify.graph import Graph, opaque_parts, walk_layers
 
-PRE = "pre-activation"
-POST = "post-activation"
-IN_CELL_REQUIREMENT = "layernorm-cell"  # `--require rnn=layernorm-cell`: normalized in-cell
+PRE, POST = kinds.PRE, kinds.POST
 
 
 @dataclass(frozen=True)
@@ -91,8 +89,8 @@ class AuditReport:
                 continue
             if required == "any":
                 ok = row.normalized
-            elif required == IN_CELL_REQUIREMENT:
-                ok = row.normalized and row.position == incell.POSITION
+            elif required == kinds.LAYERNORM_CELL:
+                ok = row.normalized and row.position == kinds.IN_CELL
             else:
                 ok = row.normalized and row.norm == kinds.NORM_NAMES[required]
             if not ok:
@@ -176,7 +174,7 @@ def _in_cell_row(path: str, spec: Any, flow: Flow, sites: list[Any]) -> AuditRow
         normalized=True,
         norm=incell.NORM_CLASS,
         norm_layer=path,
-        position=incell.POSITION,
+        position=kinds.IN_CELL,
         output=any(flow.reaches_output(site) for site in sites),
         calls=len(sites),
     )

@@ -218,6 +218,9 @@ class PlannedRecalibration:
     def to_json(self) -> dict[str, Any]:
         return {"path": self.path}
 
+    def describe(self) -> str:
+        return f"recalibrate {self.path}"
+
 
 @dataclass(frozen=True)
 class StatisticsChange:
@@ -235,6 +238,12 @@ class StatisticsChange:
             "max_abs_variance_change": self.variance_change,
             "max_variance_ratio": self.variance_ratio,
         }
+
+    def describe(self) -> str:
+        return (
+            f"recalibrate {self.path}: moving mean moved up to {self.mean_change:.3g}, "
+            f"variance up to {self.variance_change:.3g} (ratio up to {self.variance_ratio:.3g})"
+        )
 
 
 def recalibrate_batchnorms(

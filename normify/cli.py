@@ -20,20 +20,16 @@ from typing import Any
 
 import click
 
-from normify import __version__
+from normify import __version__, kinds
 from normify.errors import NormifyError
 
 EXIT_VIOLATION = 1
 EXIT_ERROR = 2
 
-NORM_CHOICE = click.Choice(["batchnorm", "layernorm", "groupnorm", "rmsnorm", "none"])
-RNN_NORM_CHOICE = click.Choice(
-    ["batchnorm", "layernorm", "layernorm-cell", "groupnorm", "rmsnorm", "none"]
-)
-SWAP_CHOICE = click.Choice(["batchnorm", "layernorm", "groupnorm", "rmsnorm"])
-REQUIRE_NORMS = (
-    "batchnorm", "layernorm", "layernorm-cell", "groupnorm", "rmsnorm", "unitnorm", "any"
-)  # fmt: skip
+NORM_CHOICE = click.Choice([*kinds.INSERTABLE_NORMS, "none"])
+RNN_NORM_CHOICE = click.Choice([*kinds.INSERTABLE_NORMS, kinds.LAYERNORM_CELL, "none"])
+SWAP_CHOICE = click.Choice(kinds.INSERTABLE_NORMS)
+REQUIRE_NORMS = (*kinds.NORM_NAMES, kinds.LAYERNORM_CELL, "any")
 
 
 def _fail(message: str) -> None:
@@ -94,8 +90,10 @@ def _parse_requirements(values: tuple[str, ...]) -> dict[str, str]:
                 f"--require {value!r}: expected KIND=NORM with KIND one of dense, conv, rnn "
                 f"and NORM one of {', '.join(REQUIRE_NORMS)}"
             )
-        if norm == "layernorm-cell" and kind != "rnn":
-            raise NormifyError(f"--require {value!r}: layernorm-cell applies to rnn layers only")
+        if norm == kinds.LAYERNORM_CELL and kind != "rnn":
+            raise NormifyError(
+                f"--require {value!r}: {kinds.LAYERNORM_CELL} applies to rnn layers only"
+            )
         requirements[kind] = norm
     return requirements
 
@@ -323,6 +321,8 @@ def _save(result: Any, destination: _Destination, loading: dict[str, Any]) -> No
         reload = True if result.origin is not None and result.origin.legacy else None
         save_model(result.model, destination.path, reload=reload, **loading)
     result.report.output = str(destination.path)
+    if result.report.summary is not None:
+        result.report.summary["file_bytes"]["after"] = destination.path.stat().st_size
 
 
 def _rewrite(
@@ -491,124 +491,22 @@ def add(
             measure_drift=measure_drift, **loading,
         ),
         options=_output_and_loading(locals()),
-        printer=_print_add_report,
+        printer=_print_report,
     )  # fmt: skip
 
 
-def _drift_line(drift: dict[str, Any] | None) -> str | None:
-    if drift is None:
-        return None
-    inputs = "data samples" if drift["inputs"] == "data" else "random inputs"
-    return (
-        f"drift on {drift['samples']} {inputs}: max abs {drift['max_abs']:.3g}, "
-        f"mean abs {drift['mean_abs']:.3g}, relative {drift['relative']:.3g}"
-    )
+def _print_report(report: Any, as_json: bool, dry_run: bool) -> None:
+    from normify.reports import render
 
-
-def _layer_drift_text(drift: dict[str, float] | None) -> str:
-    if not drift:
-        return ""
-    return f" [drift max abs {drift['max_abs']:.3g}, relative {drift['relative']:.3g}]"
-
-
-def _print_add_report(report: Any, as_json: bool, dry_run: bool) -> None:
+    report.dry_run = dry_run
     if as_json:
-        payload = report.to_json()
-        payload["dry_run"] = dry_run
-        click.echo(json.dumps(payload, indent=2))
+        click.echo(json.dumps(report.to_json(), indent=2))
         return
-    for insertion in report.insertions:
-        if insertion.position == "in-cell":
-            click.echo(
-                f"convert {insertion.target} to {insertion.norm_class} (layer normalization "
-                f"in the cell){_layer_drift_text(report.layer_drift.get(insertion.name))}"
-            )
-            continue
-        extra = []
-        if insertion.activation_layer:
-            extra.append(f"activation moved to {insertion.activation_layer}")
-        if insertion.bias_moved:
-            extra.append("bias moved into beta")
-        if insertion.renamed:
-            extra.append(
-                f"{insertion.renamed[0]} renamed {insertion.renamed[1]} to keep the output name"
-            )
-        note = f" ({'; '.join(extra)})" if extra else ""
-        click.echo(
-            f"insert {insertion.name} ({insertion.norm_class}, axis {insertion.axis}) "
-            f"after {insertion.target}, {insertion.position}{note}"
-            f"{_layer_drift_text(report.layer_drift.get(insertion.name))}"
-        )
-    for skip in report.skipped:
-        click.echo(f"skip   {skip.path}: {skip.reason}")
-    converted = sum(1 for insertion in report.insertions if insertion.position == "in-cell")
-    inserted = len(report.insertions) - converted
-    what = "norm layer(s) inserted"
-    if converted:
-        what += f", {converted} recurrent layer(s) converted"
-    _print_tail(report, inserted, what, dry_run, changes=inserted + converted)
-
-
-def _print_tail(
-    report: Any, count: int, what: str, dry_run: bool, changes: int | None = None
-) -> None:
-    """Notices, drift, and the closing line `wrote OUT (count what)`; `changes` counts
-    every change when `count` is only one sort of them."""
-    for notice in report.notices:
-        click.echo(f"note: {notice}")
-    line = _drift_line(report.drift)
-    if line:
+    for line in render(report):
         click.echo(line)
-    if dry_run:
-        click.echo(f"dry run: {count} {what.replace('(s) ', '(s) would be ', 1)}; nothing written")
-    elif (count if changes is None else changes) == 0:
-        click.echo(f"nothing to change; wrote an unchanged copy to {report.output}")
-    else:
-        click.echo(f"wrote {report.output} ({count} {what})")
 
 
 # ------------------------------------------------------------- swap, strip, fold
-
-
-def _print_rewrite_report(report: Any, as_json: bool, dry_run: bool) -> None:
-    if as_json:
-        payload = report.to_json()
-        payload["dry_run"] = dry_run
-        click.echo(json.dumps(payload, indent=2))
-        return
-    for change in report.changes:
-        drift = _layer_drift_text(report.layer_drift.get(change.path))
-        click.echo(f"{_describe(report.command, change)}{drift}")
-    for kept in report.kept:
-        click.echo(f"keep   {kept.path}: {kept.reason}")
-    what = {
-        "swap": "norm layer(s) swapped",
-        "strip": "norm layer(s) removed",
-        "fold": "BatchNormalization(s) folded",
-        "recalibrate": "BatchNormalization(s) recalibrated",
-    }[report.command]
-    _print_tail(report, len(report.changes), what, dry_run)
-
-
-def _describe(command: str, change: Any) -> str:
-    if command == "swap":
-        carried = ", ".join(change.carried) or "nothing"
-        groups = f", {change.groups} groups" if change.groups else ""
-        classes = f"{change.from_class} -> {change.to_class}{groups}"
-        return f"swap   {change.path}: {classes} (carried {carried})"
-    if command == "fold":
-        return f"fold   {change.batchnorm} into {change.into}"
-    if command == "strip" and change.in_cell:
-        return f"strip  {change.path} ({change.class_name}): back to stock cells"
-    if command == "strip":
-        how = f"folded into {change.folded_into}" if change.folded_into else "removed"
-        return f"strip  {change.path} ({change.class_name}): {how}"
-    if not hasattr(change, "mean_change"):
-        return f"recalibrate {change.path}"
-    return (
-        f"recalibrate {change.path}: moving mean moved up to {change.mean_change:.3g}, "
-        f"variance up to {change.variance_change:.3g} (ratio up to {change.variance_ratio:.3g})"
-    )
 
 
 @main.command()
@@ -647,8 +545,8 @@ def swap(
     model: Path, from_norm: str, to_norm: str, groups: int | None, allow_mask_loss: bool,
     include: tuple[str, ...], exclude: tuple[str, ...], data: Path | None, batch_size: int,
     max_samples: int, quiet: bool, output: Path | None, force: bool, in_place: bool,
-    no_backup: bool, dry_run: bool,
-    as_json: bool, unsafe: bool, custom_object_files: tuple[Path, ...],
+    no_backup: bool, dry_run: bool, as_json: bool, unsafe: bool,
+    custom_object_files: tuple[Path, ...], flatten: bool,
 ) -> None:  # fmt: skip
     """Replace norm layers of one class by another (--from batchnorm --to layernorm).
 
@@ -670,7 +568,7 @@ def swap(
             batch_size=batch_size, max_samples=max_samples, quiet=quiet, **loading,
         ),
         options=_output_and_loading(locals()),
-        printer=_print_rewrite_report,
+        printer=_print_report,
     )  # fmt: skip
 
 
@@ -678,9 +576,7 @@ def swap(
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option(
     "--kind",
-    type=click.Choice(
-        ["batchnorm", "layernorm", "layernorm-cell", "groupnorm", "rmsnorm", "unitnorm", "all"]
-    ),
+    type=click.Choice([*kinds.NORM_NAMES, kinds.LAYERNORM_CELL, "all"]),
     default="all",
     show_default=True,
     help="Which norm layers to remove. Recurrent layers normalized in their cells "
@@ -712,7 +608,7 @@ def strip(
             batch_size=batch_size, max_samples=max_samples, **loading,
         ),
         options=_output_and_loading(locals()),
-        printer=_print_rewrite_report,
+        printer=_print_report,
     )  # fmt: skip
 
 
@@ -746,7 +642,7 @@ def fold(
             max_samples=max_samples, **loading,
         ),
         options=_output_and_loading(locals()),
-        printer=_print_rewrite_report,
+        printer=_print_report,
     )  # fmt: skip
 
 
@@ -781,7 +677,7 @@ def recalibrate(
             max_samples=max_samples, quiet=quiet, **loading,
         ),
         options=_output_and_loading(locals()),
-        printer=_print_rewrite_report,
+        printer=_print_report,
     )  # fmt: skip
 
 

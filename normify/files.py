@@ -51,6 +51,7 @@ class ModelFile:
     translation: Translation
     training_config: Any = None  # a Keras 2 `.h5` file's training_config, parsed
     notices: list[str] = field(default_factory=list)
+    parameters: int | None = None  # how many weights (elements) the file stores
 
     @property
     def origin(self) -> Origin:
@@ -95,7 +96,35 @@ def read_model_file(
         raise type(error)(str(error), path) from None
     _check_stored_weights(translation, attributes, path)
     training = _parse_training_config(attributes.get("training_config"))
-    return ModelFile(path, file_format, written, translation, training, notices)
+    return ModelFile(
+        path, file_format, written, translation, training, notices, _stored_count(attributes)
+    )
+
+
+def _stored_count(attributes: dict[str, Any]) -> int | None:
+    """How many weight elements the file's weights (read by their shapes) hold."""
+    if attributes.get("archive_weights") is not None:
+        shapes = [
+            shape
+            for key, shape in attributes["archive_weights"].items()
+            if "/vars/" in key and not key.startswith("optimizer")
+        ]
+    elif attributes.get("weights") is not None:
+        shapes = [
+            shape
+            for pairs in attributes["weights"].values()
+            for _, shape in pairs
+            if shape is not None
+        ]
+    else:
+        return None
+    total = 0
+    for shape in shapes:
+        count = 1
+        for dim in shape:
+            count *= dim
+        total += count
+    return total
 
 
 def _check_stored_weights(translation: Translation, attributes: dict[str, Any], path: Path) -> None:

@@ -40,7 +40,6 @@ NORM_ARGUMENTS = (
     "gamma_constraint",
     "beta_constraint",
 )
-POSITION = "in-cell"
 NORM_CLASS = "LayerNormalization"  # what an in-cell layer reports as its norm
 
 

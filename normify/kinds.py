@@ -59,6 +59,15 @@ MODEL_CLASSES = frozenset({"Functional", "Sequential", "Model"})
 _LAYER_NORMALIZED_RNN_CLASSES = frozenset({"LayerNormLSTM", "LayerNormGRU", "LayerNormSimpleRNN"})
 LINEAR_ACTIVATIONS = frozenset({None, "linear", "identity"})
 
+# Where a norm sits relative to the layer it normalizes (audit positions, add insertions).
+PRE = "pre-activation"
+POST = "post-activation"
+IN_CELL = "in-cell"  # inside a recurrent layer's cells (normify's layer-normalized layers)
+# The norm choice that puts layer normalization inside recurrent cells (add, strip, audit).
+LAYERNORM_CELL = "layernorm-cell"
+# Norms `add` inserts and `swap` exchanges (UnitNormalization has nothing to fit).
+INSERTABLE_NORMS = ("batchnorm", "layernorm", "groupnorm", "rmsnorm")
+
 # Short names used on the command line and in reports.
 NORM_NAMES = {
     "batchnorm": "BatchNormalization",

@@ -138,6 +138,21 @@ class _Builder:
         def fill(value: Any) -> Any:
             return tensors[value] if isinstance(value, TensorRef) else value
 
+        def revive(value: Any) -> Any:
+            """A node's arguments as read from a file hold constants still serialized
+            (a slice, an array): Keras's objects, as its own loader makes them."""
+            if isinstance(value, TensorRef):
+                return tensors[value]
+            if isinstance(value, dict) and "class_name" in value and "config" in value:
+                return self.keras.saving.deserialize_keras_object(value)
+            if isinstance(value, (list, tuple)):
+                return type(value)(revive(item) for item in value)
+            if isinstance(value, dict):
+                return {key: revive(item) for key, item in value.items()}
+            return value
+
+        from_file = self.weights is not None
+
         for node in graph.nodes.values():
             spec = graph.layers[node.layer]
             if spec.kind == kinds.INPUT:
@@ -146,8 +161,8 @@ class _Builder:
             operation = objects.get(node.layer)
             if operation is None:
                 operation = objects[node.layer] = self.layer(spec, graph)
-            args = map_leaves(fill, node.args)
-            kwargs = map_leaves(fill, node.kwargs)
+            args = revive(node.args) if from_file else map_leaves(fill, node.args)
+            kwargs = revive(node.kwargs) if from_file else map_leaves(fill, node.kwargs)
             if spec.status != KEPT:
                 kwargs = _accepted_kwargs(operation, kwargs)
             outputs = operation(*args, **kwargs)

@@ -13,8 +13,8 @@ from normify.errors import NormifyError
 from normify.flow import Flow
 from normify.graph import Graph, LayerSpec, opaque_parts
 
-NORM_CHOICES = ("batchnorm", "layernorm", "groupnorm", "rmsnorm", "none")
-IN_CELL = "layernorm-cell"  # recurrent layers only: layer normalization inside the cell
+NORM_CHOICES = (*kinds.INSERTABLE_NORMS, "none")
+IN_CELL = kinds.LAYERNORM_CELL  # recurrent layers only: layer normalization in the cell
 POSITIONS = ("pre", "post")
 
 

@@ -88,7 +88,7 @@ try:
 except NormifyError as error:
     record["add"] = "refused: " + first(error)[0]
     print("@@" + json.dumps(record)); sys.exit(0)
-record["add"] = "ok" if result.report.insertions else "nothing to insert"
+record["add"] = "ok" if result.report.changes else "nothing to insert"
 def by_layer(model, prefix=""):
     found = {}
     for layer in model.layers:

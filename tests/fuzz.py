@@ -1187,7 +1187,7 @@ def _check_add(case: Case, source: Path, output: Path, report: dict[str, Any]) -
     problems = []
     if _names(new) != _names(original):
         problems.append(f"names changed: {_names(original)} -> {_names(new)}")
-    exact = all(insertion.get("exact") for insertion in report.get("insertions", []))
+    exact = all(insertion.get("exact") for insertion in report.get("changes", []))
     if exact and not problems:
         problems.extend(_compare_predictions(case.fixture, original, new))
     return problems

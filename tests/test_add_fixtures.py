@@ -72,7 +72,7 @@ def test_audit_counts_match_the_architecture(name):
 def test_every_original_weight_is_carried_bit_for_bit(name, rewritten):
     entry = rewritten[name]
     report = entry["result"].report
-    insertions = {insertion.target: insertion for insertion in report.insertions}
+    insertions = {insertion.path: insertion for insertion in report.changes}
     new_layers = layers_by_path(entry["result"].model)
     checked = 0
     for path, layer in layers_by_path(entry["original"]).items():
@@ -104,7 +104,7 @@ def test_every_original_weight_is_carried_bit_for_bit(name, rewritten):
 def test_predictions_are_preserved(name, rewritten):
     entry = rewritten[name]
     if not name.startswith("conv_bn"):  # the fold fixtures are normalized already
-        assert entry["result"].report.insertions, "every fixture has something to normalize"
+        assert entry["result"].report.changes, "every fixture has something to normalize"
     assert max_relative_difference(entry["before"], entry["after"]) <= TOLERANCE
 
 
@@ -127,7 +127,7 @@ def test_layer_names_are_unique_across_nesting_levels(name, rewritten):
             names = [sub.name for sub in layer.layers]
             assert len(names) == len(set(names))
     inserted = [
-        insertion.name.split("/")[-1] for insertion in rewritten[name]["result"].report.insertions
+        insertion.name.split("/")[-1] for insertion in rewritten[name]["result"].report.changes
     ]
     all_names = [path.split("/")[-1] for path in layers_by_path(model)]
     for inserted_name in inserted:
@@ -137,8 +137,8 @@ def test_layer_names_are_unique_across_nesting_levels(name, rewritten):
 @pytest.mark.parametrize("name", FIXTURE_NAMES)
 def test_add_is_idempotent(name, rewritten):
     again = normify.plan(rewritten[name]["output"], normify.Rules(rnn="batchnorm"))
-    assert again.insertions == []
-    reasons = {skip.reason.split(" by ")[0].split(" (")[0] for skip in again.skipped}
+    assert again.changes == []
+    reasons = {skip.reason.split(" by ")[0].split(" (")[0] for skip in again.kept}
     assert reasons <= {"already normalized", "output layer", "its main output is unused"}
 
 
@@ -289,6 +289,6 @@ def test_return_state_layers_normalize_only_the_sequence(rewritten):
     assert state_sources == {"lstm"}
     # the encoder's sequence output is unused: nothing to normalize, and the report says so
     skipped = {
-        skip.path: skip.reason for skip in rewritten["seq2seq.keras"]["result"].report.skipped
+        skip.path: skip.reason for skip in rewritten["seq2seq.keras"]["result"].report.kept
     }
     assert skipped["lstm"].startswith("its main output is unused")

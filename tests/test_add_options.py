@@ -75,7 +75,7 @@ def test_position_post_puts_the_norm_after_the_activation():
     result = normify.add(model, position="post")
     names = [layer.name for layer in result.model.layers]
     assert names == ["x", "hidden", "hidden_bn", "linear", "tanh", "linear_bn", "out"]
-    positions = {i.target: i.position for i in result.report.insertions}
+    positions = {i.path: i.position for i in result.report.changes}
     assert positions == {"hidden": "post-activation", "linear": "post-activation"}
     assert result.model.get_layer("hidden").use_bias  # nothing to move: bias stays
     audit = {row.path: row.position for row in normify.audit(result.model).rows}
@@ -87,27 +87,27 @@ def test_position_post_puts_the_norm_after_the_activation():
 def test_include_exclude_and_include_output():
     model = _mlp()
     only_hidden = normify.add(model, include=["hid*"])
-    assert [i.target for i in only_hidden.report.insertions] == ["hidden"]
-    reasons = {s.path: s.reason for s in only_hidden.report.skipped}
+    assert [i.path for i in only_hidden.report.changes] == ["hidden"]
+    reasons = {s.path: s.reason for s in only_hidden.report.kept}
     assert reasons["linear"] == "not selected by --include"
     assert reasons["out"] == "not selected by --include"
 
     excluded = normify.add(model, exclude=["linear"])
-    assert [i.target for i in excluded.report.insertions] == ["hidden"]
-    assert {s.path: s.reason for s in excluded.report.skipped}[
+    assert [i.path for i in excluded.report.changes] == ["hidden"]
+    assert {s.path: s.reason for s in excluded.report.kept}[
         "linear"
     ] == "excluded by --exclude linear"
 
     with_output = normify.add(model, include_output=True)
-    assert [i.target for i in with_output.report.insertions] == ["hidden", "linear", "out"]
+    assert [i.path for i in with_output.report.changes] == ["hidden", "linear", "out"]
     assert with_output.model.output_names == ["out"]
     assert with_output.model.get_layer("out_core").units == 3
 
 
 def test_rule_none_skips_the_kind():
     result = normify.add(_mlp(), dense="none")
-    assert result.report.insertions == []
-    assert all(s.reason == "rule for dense layers is none" for s in result.report.skipped)
+    assert result.report.changes == []
+    assert all(s.reason == "rule for dense layers is none" for s in result.report.kept)
 
 
 @pytest.mark.parametrize("norm,cls", [
@@ -142,7 +142,7 @@ def test_other_norms_are_inserted_and_their_drift_reported(norm, cls):
 def test_layernorm_after_recurrent_layers_reports_its_drift_exactly():
     path = FIXTURES / "text_bilstm.keras"
     result = normify.add(path)  # default: rnn=layernorm
-    assert [(i.target, i.norm_class) for i in result.report.insertions] == [
+    assert [(i.path, i.norm_class) for i in result.report.changes] == [
         ("bidirectional", "LayerNormalization"),
         ("dense", "BatchNormalization"),
     ]
@@ -163,7 +163,7 @@ def test_conv_lstm_channels_first_norm_axis():
     outputs = layers.Dense(1, name="out")(layers.Flatten()(last))
     model = keras.Model(inputs, outputs)
     result = normify.add(model, rnn="batchnorm")
-    axes = {i.target: i.axis for i in result.report.insertions}
+    axes = {i.path: i.axis for i in result.report.changes}
     assert axes == {"seq": 2, "last": 1}
 
 
@@ -176,8 +176,8 @@ def test_timedistributed_conv_channels_first_axis_and_wrappers():
     outputs = layers.Dense(2, name="out")(x)
     model = _randomize(keras.Model(inputs, outputs))
     result = normify.add(model)
-    [insertion] = result.report.insertions
-    assert (insertion.target, insertion.axis, insertion.bias_moved) == ("td", 2, True)
+    [insertion] = result.report.changes
+    assert (insertion.path, insertion.axis, insertion.bias_moved) == ("td", 2, True)
     x = np.random.default_rng(0).standard_normal((4, 3, 2, 5, 5)).astype("float32")
     assert _drift(model, result.model, x) <= TOLERANCE
 
@@ -195,7 +195,7 @@ def test_every_linear_layer_type_is_split_exactly(layer):
     outputs = layers.Dense(1, name="out")(layers.Flatten()(x))
     model = _randomize(keras.Model(inputs, outputs))
     result = normify.add(model)
-    assert [i.bias_moved for i in result.report.insertions] == [True]
+    assert [i.bias_moved for i in result.report.changes] == [True]
     x = np.random.default_rng(0).standard_normal((4, 7, 3)).astype("float32")
     assert _drift(model, result.model, x) <= TOLERANCE
     new_layers = layers_by_path(result.model)
@@ -224,7 +224,7 @@ def test_name_collisions_with_existing_layers_are_avoided():
     trap = layers.Dropout(0.1, name="hidden_bn")(hidden)  # already uses the natural name
     outputs = layers.Dense(1, name="out")(trap)
     result = normify.add(keras.Model(inputs, outputs))
-    assert [i.name for i in result.report.insertions] == ["hidden_bn_1"]
+    assert [i.name for i in result.report.changes] == ["hidden_bn_1"]
 
 
 def test_bad_rule_values_are_refused():
@@ -253,8 +253,8 @@ def test_dry_run_plan_from_the_file_equals_what_add_does():
     for name in ("cnn.keras", "nested.keras", "seq2seq.keras", "shared_dense.keras"):
         planned = normify.plan(FIXTURES / name)
         done = normify.add(FIXTURES / name).report
-        assert planned.insertions == done.insertions
-        assert planned.skipped == done.skipped
+        assert planned.changes == done.changes
+        assert planned.kept == done.kept
 
 
 def test_a_chain_deeper_than_the_default_recursion_limit_is_added_and_saved(tmp_path):

@@ -137,7 +137,7 @@ def test_architecture_is_rewritten_exactly_and_reloads(name, tmp_path):
     for variable in model.weights:
         variable.assign((rng.standard_normal(variable.shape) * 0.3).astype(variable.dtype))
     result = normify.add(model, rnn="batchnorm")
-    assert [insertion.name for insertion in result.report.insertions] == expected_norms
+    assert [insertion.name for insertion in result.report.changes] == expected_norms
     feed = _feed(model, random_inputs(model))
     before = _outputs(model, feed)
     assert max_relative_difference(before, _outputs(result.model, feed)) <= TOLERANCE
@@ -175,7 +175,7 @@ def test_keras_applications_keep_predictions(application):
     model = getattr(keras.applications, application)(weights=None, input_shape=(96, 96, 3))
     _he_initialize(model)
     result = normify.add(model, include_output=True)
-    assert len(result.report.insertions) > 1
+    assert len(result.report.changes) > 1
     assert result.model.output_names == model.output_names
     feed = np.random.default_rng(0).standard_normal((2, 96, 96, 3)).astype("float32")
     # compare the pooled features (every inserted norm sits before them) and the logits

@@ -133,7 +133,7 @@ def dense_case():
 
 def test_calibrate_dense_sets_batchnorm_from_the_original_pre_bias_activations(dense_case):
     model, data, calibrated, _ = dense_case
-    assert [i.name for i in calibrated.report.insertions] == ["d1_bn", "d2_bn"]
+    assert [i.name for i in calibrated.report.changes] == ["d1_bn", "d2_bn"]
     assert calibrated.report.init == "calibrate"
     d1, d2 = (_weights(model.get_layer(name)) for name in ("d1", "d2"))
     x = data.astype(np.float64)
@@ -169,7 +169,7 @@ def test_calibrate_post_activation_batchnorm_normalizes_the_activation_output():
     result = normify.add(model, init="calibrate", data=data, position="post")
     d1 = _weights(model.get_layer("d1"))
     a1 = _relu(data.astype(np.float64) @ d1["kernel"] + d1["bias"])
-    bn = result.model.get_layer(result.report.insertions[0].name)
+    bn = result.model.get_layer(result.report.changes[0].name)
     got = _weights(bn)
     np.testing.assert_allclose(got["moving_mean"], a1.mean(0), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(got["moving_variance"], a1.var(0), rtol=1e-5, atol=1e-6)
@@ -204,8 +204,8 @@ def cnn_case(request):
 
 def test_calibrate_cnn_statistics_equal_the_original_pre_bias_outputs(cnn_case):
     original, data, calibrated, _, channels_first = cnn_case
-    insertions = calibrated.report.insertions
-    assert {i.target for i in insertions} == {
+    insertions = calibrated.report.changes
+    assert {i.path for i in insertions} == {
         "conv2d", "conv2d_1", "separable_conv2d", "depthwise_conv2d", "conv2d_transpose", "dense",
     }  # fmt: skip
     for insertion in insertions:
@@ -214,14 +214,14 @@ def test_calibrate_cnn_statistics_equal_the_original_pre_bias_outputs(cnn_case):
         rank = len(bn.input.shape)
         axis = 1 if channels_first and rank == 4 else rank - 1
         assert bn.axis % rank == axis, (insertion.name, bn.axis)
-        z = _pre_bias_output(original, insertion.target, data)
+        z = _pre_bias_output(original, insertion.path, data)
         mean, variance = _stats(z, axis)
         got = _weights(bn)
         where = f"{insertion.name} of {original.name}"
         np.testing.assert_allclose(got["moving_mean"], mean, rtol=1e-4, atol=1e-5, err_msg=where)
         np.testing.assert_allclose(got["moving_variance"], variance, rtol=1e-4, err_msg=where)
         np.testing.assert_allclose(got["gamma"], np.sqrt(variance + bn.epsilon), rtol=1e-4)
-        bias = _bias(original.get_layer(insertion.target), len(mean))
+        bias = _bias(original.get_layer(insertion.path), len(mean))
         np.testing.assert_allclose(got["beta"], mean + bias, rtol=1e-4, atol=1e-5, err_msg=where)
 
 
@@ -252,7 +252,7 @@ def bilstm_case():
 
 def test_calibrate_layernorm_is_a_least_squares_fit_and_reduces_drift(bilstm_case):
     original, data, calibrated, identity = bilstm_case
-    names = {i.target: i.name for i in calibrated.report.insertions}
+    names = {i.path: i.name for i in calibrated.report.changes}
     assert set(names) == {"bidirectional", "dense"}
     ln = calibrated.model.get_layer(names["bidirectional"])
     assert type(ln).__name__ == "LayerNormalization"
@@ -278,7 +278,7 @@ def test_calibrate_downstream_batchnorm_sees_the_calibrated_layernorm(bilstm_cas
     """dense_bn lies after the LayerNormalization: its statistics must be those of the new
     model with the LayerNormalization already fitted (a numpy forward pass here)."""
     original, data, calibrated, _ = bilstm_case
-    names = {i.target: i.name for i in calibrated.report.insertions}
+    names = {i.path: i.name for i in calibrated.report.changes}
     ln = _weights(calibrated.model.get_layer(names["bidirectional"]))
     x = _predict(keras.Model(original.inputs, original.get_layer("bidirectional").output), data)
     epsilon = calibrated.model.get_layer(names["bidirectional"]).epsilon
@@ -298,7 +298,7 @@ def test_calibrate_dense_layernorm_and_rmsnorm_fit_per_channel(norm):
     data = _dense_data(1024, seed=9)
     calibrated = normify.add(model, dense=norm, init="calibrate", data=data)
     identity = normify.add(model, dense=norm, init="identity", data=data)
-    first = calibrated.model.get_layer(calibrated.report.insertions[0].name)
+    first = calibrated.model.get_layer(calibrated.report.changes[0].name)
     d1 = _weights(model.get_layer("d1"))
     x = data.astype(np.float64) @ d1["kernel"] + d1["bias"]  # the layer keeps its bias
     got = _weights(first)
@@ -330,7 +330,7 @@ def test_calibrate_groupnorm_after_a_conv_is_a_least_squares_fit():
     data = np.random.default_rng(19).normal(size=(128, 16, 16, 3)).astype("float32")
     calibrated = normify.add(path, conv="groupnorm", dense="none", init="calibrate", data=data)
     identity = normify.add(path, conv="groupnorm", dense="none", data=data)
-    names = {i.target: i.name for i in calibrated.report.insertions}
+    names = {i.path: i.name for i in calibrated.report.changes}
     # conv2d keeps its bias: its norm's input is the original's conv2d before the relu
     conv = original.get_layer("conv2d")
     first_input = _pre_bias_output(original, "conv2d", data) + _bias(conv, 8)
@@ -405,19 +405,19 @@ def test_fresh_without_data_uses_keras_defaults():
 def test_every_insertion_has_its_drift_and_identity_batchnorm_has_none():
     path = FIXTURES / "cnn.keras"
     result = normify.add(path, init="identity", measure_drift=True)
-    assert result.report.insertions
-    for insertion in result.report.insertions:
+    assert result.report.changes
+    for insertion in result.report.changes:
         drift = result.report.layer_drift[insertion.name]
         assert set(drift) >= {"max_abs", "relative"}
         assert drift["relative"] <= 1e-6, (insertion.name, drift)
-    assert result.report.to_json()["insertions"][0]["drift"] is not None
+    assert result.report.to_json()["changes"][0]["drift"] is not None
 
 
 def test_layer_drift_of_a_layernorm_insert_matches_an_independent_probe():
     path = FIXTURES / "text_bilstm.keras"
     original = keras.saving.load_model(path)
     result = normify.add(path, rnn="layernorm", dense="none")
-    (insertion,) = result.report.insertions
+    (insertion,) = result.report.changes
     # no data: the drift inputs are normify's random inputs (8 token rows below 100)
     inputs = random_inputs(original)[0]
     assert inputs.shape == (8, 20) and inputs.max() < 100
@@ -524,7 +524,7 @@ def test_recalibrate_report_matches_the_changes(recal_case):
     expected = _numpy_recalibration(model, x)
     changes = {change.path: change for change in result.report.changes}
     assert list(changes) == ["bn1", "bn2"]
-    payload = {entry["path"]: entry for entry in result.report.to_json()["layers"]}
+    payload = {entry["path"]: entry for entry in result.report.to_json()["changes"]}
     for name in ("bn1", "bn2"):
         mean, variance = expected[name]
         old = _weights(model.get_layer(name))

@@ -85,8 +85,8 @@ def test_add_default_output_name_dry_run_and_idempotence(tmp_path):
 
     again = run("add", output, "-o", tmp_path / "again.keras", "--json")
     payload = json.loads(again.output)
-    assert payload["insertions"] == []
-    assert {s["target"] for s in payload["skipped"]} == {"dense", "dense_1", "dense_2"}
+    assert payload["changes"] == []
+    assert {s["path"] for s in payload["kept"]} == {"dense", "dense_1", "dense_2"}
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "again.keras",
         "mlp.keras",
@@ -98,17 +98,17 @@ def test_add_json_schema(tmp_path):
     result = run("add", FIXTURES / "text_bilstm.keras", "-o", tmp_path / "out.keras", "--json")
     assert result.exit_code == 0
     payload = json.loads(result.output)
-    assert {"model", "insertions", "skipped", "drift", "notices", "output", "dry_run"} <= set(
+    assert {"model", "changes", "kept", "drift", "notices", "output", "dry_run"} <= set(
         payload
     )
-    first = payload["insertions"][0]
-    assert {"target", "norm", "position", "name"} <= set(first)
-    assert (first["target"], first["norm"], first["name"]) == (
+    first = payload["changes"][0]
+    assert {"path", "norm", "position", "name"} <= set(first)
+    assert (first["path"], first["norm"], first["name"]) == (
         "bidirectional", "LayerNormalization", "bidirectional_ln",
     )  # fmt: skip
     assert payload["drift"]["max_abs"] > 0
-    assert payload["skipped"] == [
-        {"target": "dense_1", "reason": "output layer (pass --include-output to normalize it)"}
+    assert payload["kept"] == [
+        {"path": "dense_1", "reason": "output layer (pass --include-output to normalize it)"}
     ]
 
 
@@ -123,7 +123,7 @@ def test_dry_run_json_does_not_import_tensorflow():
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert completed.returncode == 0, completed.stderr
     plan = json.loads(completed.stdout)
-    assert [i["name"] for i in plan["insertions"]] == [
+    assert [i["name"] for i in plan["changes"]] == [
         "encoder/dense_bn", "encoder/dense_1_bn", "dense_bn_1", "head/dense_2_bn",
     ]  # fmt: skip
 

@@ -90,7 +90,7 @@ def snapshot(graph: Graph) -> dict[str, Any]:
 
 def every_pass(graph: Graph, rules: Rules) -> Graph:
     """Run every pass on `graph`; the graph `add` returned (more to strip, fold, swap)."""
-    added, _ = add_norms(graph, decide(graph, build_flow(graph), rules), rules)
+    added = add_norms(graph, decide(graph, build_flow(graph), rules), rules).graph
     strip_norms(graph, "batchnorm")
     strip_norms(graph, "all")
     fold_batchnorms(graph)
@@ -116,7 +116,7 @@ def test_no_pass_changes_the_graph_it_is_given(name: str) -> None:
 def test_an_edited_node_is_a_new_object_and_the_rest_are_shared() -> None:
     graph = graphs.from_config(files.read_config(FIXTURES / "mlp.keras"))
     rules = Rules()
-    added, insertions = add_norms(graph, decide(graph, build_flow(graph), rules), rules)
+    added, insertions, _, _ = add_norms(graph, decide(graph, build_flow(graph), rules), rules)
     assert insertions
     # a node reading a spliced-in norm is a new node; one that reads what it read before
     # is the original object

@@ -137,7 +137,7 @@ def expected_fold(layer: Any, batchnorm: Any) -> dict[str, np.ndarray]:
 
 
 def folded(report: Any) -> dict[str, str]:
-    return {change.batchnorm: change.into for change in report.changes}
+    return {change.path: change.into for change in report.changes}
 
 
 def kept(report: Any) -> dict[str, str]:
@@ -593,12 +593,12 @@ def _assert_same_model(original: Any, stripped: Any) -> None:
 def test_strip_after_add_gives_back_the_original(name):
     original = keras.saving.load_model(FIXTURES / name)
     added = normify.add(original)
-    assert added.report.insertions, "add inserted nothing: the round trip would be trivial"
+    assert added.report.changes, "add inserted nothing: the round trip would be trivial"
     result = normify.strip(added.model)
     # an inserted BatchNormalization folds back into its layer, anything else is removed
     inserted = {
-        insertion.name: insertion.target if insertion.norm_class == "BatchNormalization" else None
-        for insertion in added.report.insertions
+        insertion.name: insertion.path if insertion.norm_class == "BatchNormalization" else None
+        for insertion in added.report.changes
     }
     assert {c.path: c.folded_into for c in result.report.changes} == inserted
     assert not result.report.kept
@@ -623,10 +623,10 @@ def test_strip_after_add_gives_back_the_original(name):
 def test_strip_after_add_with_other_rules_gives_back_the_original(name, rules, kind):
     original = keras.saving.load_model(FIXTURES / name)
     added = normify.add(original, **rules)
-    assert added.report.insertions
+    assert added.report.changes
     result = normify.strip(added.model, kind=kind)
     assert sorted(c.path for c in result.report.changes) == sorted(
-        i.name for i in added.report.insertions
+        i.name for i in added.report.changes
     )
     _assert_same_model(original, result.model)
     inputs = inputs_for(MANIFEST[name]["inputs"], batch=8)
@@ -773,10 +773,17 @@ def test_strip_refuses_an_unknown_kind():
         normify.strip(FIXTURES / "mlp.keras", kind="dropout")
 
 
-def test_rewrite_report_json_names_the_change_list(partial_bn_cnn):
+REPORT_KEYS = {
+    "command", "model", "changes", "kept", "drift", "summary", "notices", "output", "dry_run"
+}  # fmt: skip
+
+
+def test_every_command_reports_in_one_shape(partial_bn_cnn):
     payload = normify.strip(partial_bn_cnn).report.to_json()
-    assert set(payload) == {"command", "model", "removals", "kept", "drift", "notices", "output"}
-    drifts = {entry["path"]: entry.get("drift") for entry in payload["removals"]}
+    assert set(payload) == REPORT_KEYS
+    assert set(normify.fold(partial_bn_cnn).report.to_json()) == REPORT_KEYS
+    assert set(normify.add(partial_bn_cnn).report.to_json()) == REPORT_KEYS | {"init"}
+    drifts = {entry["path"]: entry.get("drift") for entry in payload["changes"]}
     assert drifts["batch_normalization"] is None  # exact: nothing to measure
     assert drifts["layer_normalization"]["max_abs"] > 0
     assert json.loads(json.dumps(payload)) == payload

@@ -74,8 +74,8 @@ def test_fixture_conversion_carries_every_stock_weight_bit_for_bit(fixture_name:
     result = normify.add(FIXTURES / fixture_name, rnn="layernorm-cell", dense="none")
     converted = result.model
     recurrent = _recurrent_paths(original)
-    assert recurrent and sorted(i.target for i in result.report.insertions) == sorted(recurrent)
-    assert all(i.position == "in-cell" and not i.exact for i in result.report.insertions)
+    assert recurrent and sorted(i.path for i in result.report.changes) == sorted(recurrent)
+    assert all(i.position == "in-cell" and not i.exact for i in result.report.changes)
     before, after = layers_by_path(original), layers_by_path(converted)
     for path in recurrent:
         assert type(after[path]).__name__.startswith("LayerNorm") or any(
@@ -228,7 +228,7 @@ def _every_recurrent_form() -> Any:
 def test_every_recurrent_form_is_converted_and_strips_back_exactly(tmp_path: Path) -> None:
     model = _every_recurrent_form()
     result = normify.add(model, rnn="layernorm-cell", dense="none", conv="none")
-    converted = {i.target: i.norm_class for i in result.report.insertions}
+    converted = {i.path: i.norm_class for i in result.report.changes}
     assert converted == {
         "lstm": "LayerNormLSTM",
         "gru_v1": "LayerNormGRU",
@@ -236,7 +236,7 @@ def test_every_recurrent_form_is_converted_and_strips_back_exactly(tmp_path: Pat
         "stacked": "RNN(LayerNormLSTMCell, LayerNormSimpleRNNCell)",
         "srnn": "LayerNormSimpleRNN",
     }
-    skipped = {s.path: s.reason for s in result.report.skipped}
+    skipped = {s.path: s.reason for s in result.report.kept}
     assert "ConvLSTM1D has no layer-normalized cell" in skipped["convlstm"]
     new_layers = layers_by_path(result.model)
     assert new_layers["gru_v1"].cell.reset_after is False
@@ -250,11 +250,11 @@ def test_every_recurrent_form_is_converted_and_strips_back_exactly(tmp_path: Pat
     np.testing.assert_allclose(reloaded.predict([tokens, frames], verbose=0), outputs, atol=1e-6)
     # a second run finds nothing left to convert
     again = normify.add(result.model, rnn="layernorm-cell", dense="none", conv="none")
-    assert not again.report.insertions
-    reasons = {s.path: s.reason for s in again.report.skipped}
+    assert not again.report.changes
+    reasons = {s.path: s.reason for s in again.report.kept}
     assert reasons["stacked"].startswith("already normalized in-cell (RNN(LayerNormLSTMCell")
     after_output = normify.plan(result.model, normify.Rules(rnn="layernorm", dense="none"))
-    assert [i.target for i in after_output.insertions] == ["convlstm"]  # in-cell ones skipped
+    assert [i.path for i in after_output.changes] == ["convlstm"]  # in-cell ones skipped
     back = normify.strip(result.model)
     assert {c.path for c in back.report.changes} == set(converted)
     expected = model.predict([tokens, frames], verbose=0)
@@ -285,8 +285,8 @@ def test_dry_run_plan_from_the_file_equals_what_add_does() -> None:
         rules = normify.Rules(rnn="layernorm-cell")
         planned = normify.plan(FIXTURES / name, rules)
         done = normify.add(FIXTURES / name, rnn="layernorm-cell")
-        assert [i.to_json() for i in planned.insertions] == [
-            i.to_json() for i in done.report.insertions
+        assert [i.to_json() for i in planned.changes] == [
+            i.to_json() for i in done.report.changes
         ]
 
 
@@ -300,8 +300,8 @@ def test_calibrated_init_leaves_converted_cells_at_their_fresh_norms() -> None:
     tokens = np.random.default_rng(1).integers(0, 30, (16, 9)).astype("int32")
     frames = np.random.default_rng(2).standard_normal((16, 3, 6, 2)).astype("float32")
     result = normify.add(model, rnn="layernorm-cell", init="calibrate", data=[tokens, frames])
-    [batchnorm] = [i for i in result.report.insertions if i.norm == "batchnorm"]
-    assert batchnorm.target == "hidden"
+    [batchnorm] = [i for i in result.report.changes if i.norm == "batchnorm"]
+    assert batchnorm.path == "hidden"
     moving_mean = own_variables(layers_by_path(result.model)[batchnorm.name])["moving_mean"]
     assert np.any(moving_mean != 0)  # calibrated from the data
     lstm = layers_by_path(result.model)["lstm"]

@@ -255,7 +255,7 @@ def test_add_lists_the_repairs_and_writes_a_keras3_file(added, name):
     report = json.loads(stdout)
     for line in REPAIRS[name]:
         assert any(n.startswith(f"repaired: {line}") for n in report["notices"]), line
-    assert report["insertions"], "every fixture has an unnormalized hidden layer"
+    assert report["changes"], "every fixture has an unnormalized hidden layer"
     assert output.is_file()
     with zipfile.ZipFile(output) as archive:
         metadata = json.loads(archive.read("metadata.json"))

@@ -31,18 +31,18 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
 class OneBuildSpy:
-    """Records whether each `add` took the one-build path."""
+    """Records whether each `add` took the one-build path (chosen up front)."""
 
     def __init__(self, monkeypatch):
         self.taken: list[bool] = []
-        original = api._add_in_one_build
+        original = api.builds_from_file
 
         def spy(*args, **kwargs):
-            built = original(*args, **kwargs)
-            self.taken.append(built is not None)
-            return built
+            chosen = original(*args, **kwargs)
+            self.taken.append(chosen)
+            return chosen
 
-        monkeypatch.setattr(api, "_add_in_one_build", spy)
+        monkeypatch.setattr(api, "builds_from_file", spy)
 
 
 def add_both_ways(path, monkeypatch, **options):
@@ -55,6 +55,11 @@ def add_both_ways(path, monkeypatch, **options):
         standard = normify.add(path, **options)
     assert spy.taken == [True, False]
     return one_build, standard
+
+
+def assert_same_weights(original, model):
+    ours = {v.path: v.numpy().tobytes() for v in model.weights}
+    assert ours == {v.path: v.numpy().tobytes() for v in original.weights}
 
 
 def assert_same_result(one_build, standard):
@@ -89,7 +94,6 @@ def randomized(model, seed=0):
 
 ONE_BUILD_FIXTURES = [
     "cnn",
-    "cnn_channels_first",
     "gru_tagger",
     "mlp",
     "multi_io",
@@ -120,14 +124,16 @@ def test_fixture_one_build_equals_load_and_rebuild(name, options, monkeypatch):
     one_build, standard = add_both_ways(
         FIXTURES / f"{name}.keras", monkeypatch, rnn="none", **FIXTURE_OPTIONS[options]
     )
-    assert one_build.report.insertions
+    assert one_build.report.changes
     assert_same_result(one_build, standard)
 
 
-def test_model_with_nothing_to_insert_is_loaded_by_keras(monkeypatch):
+def test_model_with_nothing_to_insert_is_built_once_too(monkeypatch):
     spy = OneBuildSpy(monkeypatch)
     result = normify.add(FIXTURES / "conv_bn.keras")
-    assert spy.taken == [False] and not result.report.insertions
+    assert spy.taken == [True] and not result.report.changes
+    original = keras.saving.load_model(FIXTURES / "conv_bn.keras")
+    assert_same_weights(original, result.model)
 
 
 @pytest.mark.parametrize(
@@ -138,7 +144,7 @@ def test_model_with_nothing_to_insert_is_loaded_by_keras(monkeypatch):
 def test_rewrites_that_need_the_original_model_load_it(options, monkeypatch):
     spy = OneBuildSpy(monkeypatch)
     result = normify.add(FIXTURES / "text_bilstm.keras", **options)
-    assert spy.taken in ([False], [])  # not attempted, or declined
+    assert spy.taken == [False]  # decided before planning
     assert result.report.drift is not None
 
 
@@ -194,7 +200,7 @@ def test_nested_models_kept_and_changed(tmp_path, monkeypatch):
     path = save_model(model, tmp_path / "nested.keras")
     one_build, standard = add_both_ways(path, monkeypatch, exclude=["kept_tower/*", "encoder/*"])
     assert_same_result(one_build, standard)
-    targets = {insertion.target for insertion in one_build.report.insertions}
+    targets = {insertion.path for insertion in one_build.report.changes}
     assert {"frozen", "outer/outer_dense"} <= targets
     assert any(target.startswith("outer/inner/") for target in targets)
     assert not any(t.startswith(("kept_tower/", "encoder/")) for t in targets)
@@ -260,18 +266,13 @@ def test_weights_left_unread_are_refused():
             weights.check_all_read()
 
 
-def test_a_failed_one_build_falls_back_to_keras(monkeypatch):
+def test_a_failure_in_the_one_build_is_an_error_not_a_fallback(monkeypatch):
     def refuse(self):
         raise weightfile.WeightFileError("weights left unread: layers/dense")
 
     monkeypatch.setattr(weightfile.WeightFile, "check_all_read", refuse)
-    spy = OneBuildSpy(monkeypatch)
-    result = normify.add(FIXTURES / "mlp.keras")
-    assert spy.taken == [False]
-    with monkeypatch.context() as patch:
-        patch.setattr(weightfile, "readable", lambda *args: False)
-        standard = normify.add(FIXTURES / "mlp.keras")
-    assert_same_result(result, standard)
+    with pytest.raises(weightfile.WeightFileError, match="weights left unread"):
+        normify.add(FIXTURES / "mlp.keras")
 
 
 def test_weight_groups_follow_keras_layout():
@@ -333,16 +334,16 @@ def test_cli_rewrite_keeps_imports_out_of_collections_then_hands_them_back(tmp_p
     assert gc.get_freeze_count() == 0
 
 
-def test_a_channels_first_bias_of_unknown_shape_goes_through_keras(tmp_path, monkeypatch):
-    """Whether Keras misapplied a channels_first bias depends on the output shape, which
-    the config does not record for a model output: the live model must decide."""
+def test_a_channels_first_model_goes_through_keras(tmp_path, monkeypatch):
+    """Whether Keras misapplied a channels_first bias depends on output shapes the live
+    model knows: such a model is loaded, decided before planning."""
     inputs = keras.Input((3, 6, 6))
     outputs = layers.Conv2D(4, 3, data_format="channels_first", name="conv")(inputs)
     path = save_model(keras.Model(inputs, outputs), tmp_path / "cf.keras")
     spy = OneBuildSpy(monkeypatch)
     result = normify.add(path, include_output=True)
     assert spy.taken == [False]
-    (insertion,) = result.report.insertions
+    (insertion,) = result.report.changes
     assert insertion.bias_moved and insertion.note and not insertion.exact  # width 4 == 4 channels
 
 

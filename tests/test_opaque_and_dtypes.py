@@ -55,8 +55,8 @@ def test_nested_functional_subclass_is_left_alone_and_kept_on_reload(tmp_path):
     head = layers.Dense(4, activation="relu", name="head")(backbone(inputs))
     model = keras.Model(inputs, layers.Dense(1, name="out")(head))
     result = normify.add(model)
-    assert [i.target for i in result.report.insertions] == ["head"]
-    skipped = {s.path: s.reason for s in result.report.skipped}
+    assert [i.path for i in result.report.changes] == ["head"]
+    skipped = {s.path: s.reason for s in result.report.kept}
     assert "constructor arguments" in skipped["backbone"]
     path = tmp_path / "out.keras"
     result.model.save(path)
@@ -86,8 +86,8 @@ def test_custom_layers_are_opaque_and_never_rewritten_inside():
     assert [part["path"] for part in audit.opaque] == ["block"]
     assert [row.path for row in audit.rows] == ["after", "out"]
     result = normify.add(model)
-    assert [i.target for i in result.report.insertions] == ["after"]
-    assert "custom layer" in {s.path: s.reason for s in result.report.skipped}["block"]
+    assert [i.path for i in result.report.changes] == ["after"]
+    assert "custom layer" in {s.path: s.reason for s in result.report.kept}["block"]
 
 
 def test_mixed_precision_inserts_use_the_layer_policy_and_stay_loadable(tmp_path):
@@ -118,9 +118,9 @@ def test_int8_quantized_dense_is_skipped_with_a_reason(tmp_path):
     model = keras.Model(inputs, layers.Dense(2, name="out")(plain))
     model.get_layer("hidden").quantize("int8")
     result = normify.add(model)
-    skipped = {s.path: s.reason for s in result.report.skipped}
+    skipped = {s.path: s.reason for s in result.report.kept}
     assert skipped["hidden"].startswith("quantized layer")
-    assert [i.target for i in result.report.insertions] == ["plain"]
+    assert [i.path for i in result.report.changes] == ["plain"]
     x = np.random.default_rng(0).standard_normal((4, 8)).astype("float32")
     np.testing.assert_allclose(
         result.model.predict(x, verbose=0), model.predict(x, verbose=0), rtol=0, atol=1e-5

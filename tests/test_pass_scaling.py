@@ -61,7 +61,7 @@ def test_every_pass_plans_a_deep_model_in_linear_time() -> None:
     assert len(insertions) == LAYERS - 1  # the last Dense is the output
     assert seconds < BOUND_S, f"add took {seconds:.1f} s"
 
-    seconds, (stripped, removals, kept) = timed(lambda: strip_norms(normified, "batchnorm"))
+    seconds, (stripped, removals, kept, _) = timed(lambda: strip_norms(normified, "batchnorm"))
     assert seconds < BOUND_S, f"strip took {seconds:.1f} s"
     assert len(removals) == LAYERS - 1 and not kept
     # strip after add gives back the original structure: Dense layers with their relu
@@ -72,7 +72,7 @@ def test_every_pass_plans_a_deep_model_in_linear_time() -> None:
         if name.startswith("dense_")
     )
 
-    seconds, (folded, folds, kept) = timed(lambda: fold_batchnorms(normified))
+    seconds, (folded, folds, kept, _) = timed(lambda: fold_batchnorms(normified))
     assert seconds < BOUND_S, f"fold took {seconds:.1f} s"
     assert len(folds) == LAYERS - 1 and not kept
     assert len(folded.nodes) == len(normified.nodes) - (LAYERS - 1)

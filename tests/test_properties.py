@@ -114,7 +114,7 @@ def collector(tmp_path_factory):
 
 def check_weights_carried(original, result) -> int:
     """Property 1; returns how many variables were checked."""
-    insertions = {insertion.target: insertion for insertion in result.report.insertions}
+    insertions = {insertion.path: insertion for insertion in result.report.changes}
     new_layers = layers_by_path(result.model)
     checked = 0
     for path, layer in layers_by_path(original).items():
@@ -198,23 +198,23 @@ def run_example(description, *, rnn, position, source, include_output, collector
     # 2. predictions kept (BatchNormalization everywhere: an exact identity)
     after = outputs_of(result.model, description, arrays)
     if predictions:
-        assert all(insertion.exact for insertion in report.insertions), report.to_json()
+        assert all(insertion.exact for insertion in report.changes), report.to_json()
         before = outputs_of(model, description, arrays)
         assert max_relative_difference(before, after) <= TOLERANCE
 
     # 3. idempotent
     output_path = save_model(result.model, folder / "normified.keras")
-    assert normify.plan(output_path, rules).insertions == []
+    assert normify.plan(output_path, rules).changes == []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         again = normify.add(result.model, **options)
-    assert again.report.insertions == []
+    assert again.report.changes == []
 
     # 4. config-built and live-built graphs agree, and so do the config plan and add
     audits_agree(original_path, [load(original_path), model])
     audits_agree(output_path, [load(output_path), result.model])
-    planned = normify.plan(original_path, rules).insertions
-    assert comparable(planned) == comparable(report.insertions)
+    planned = normify.plan(original_path, rules).changes
+    assert comparable(planned) == comparable(report.changes)
 
     # 5. (checked at the end, in one fresh process)
     np.savez(folder / "arrays.npz", *arrays, *after)
@@ -298,7 +298,7 @@ def test_drift_is_measured_when_a_mask_flows_into_a_nested_model(nested):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         result = normify.add(model)
-    assert [insertion.name for insertion in result.report.insertions] == ["sub/gru_ln"]
+    assert [insertion.name for insertion in result.report.changes] == ["sub/gru_ln"]
     assert result.report.drift is not None
 
 
@@ -310,7 +310,7 @@ def test_identity_batchnorm_is_bit_exact_for_any_channel_count(units):
     model = keras.Model(inputs, keras.layers.Dense(1, name="out")(hidden))
     randomize_weights(model, seed=0)
     result = normify.add(model)
-    assert [(i.name, i.exact) for i in result.report.insertions] == [("dense_bn", True)]
+    assert [(i.name, i.exact) for i in result.report.changes] == [("dense_bn", True)]
     batch = np.random.default_rng(0).standard_normal((64, 4)).astype("float32")
     before = keras.Model(model.inputs, model.get_layer("dense").output)([batch])
     new = result.model
@@ -331,9 +331,9 @@ def test_plan_from_file_agrees_with_add_on_a_nested_channels_first_conv(nested, 
     x = keras.Input((3, 8, 4), name="x")
     model = keras.Model(x, layers.Dense(2, name="out")(layers.Flatten()(sub(x))))
     path = save_model(model, tmp_path / "model.keras")
-    added = normify.add(model).report.insertions
+    added = normify.add(model).report.changes
     assert [(i.name, i.exact, i.note) for i in added] == [("sub/conv_bn", True, None)]
-    assert normify.plan(path).insertions == added
+    assert normify.plan(path).changes == added
 
 
 RELOAD_SCRIPT = """

@@ -54,10 +54,10 @@ def shifted_data(path: Path) -> Path:
 
 # command -> (extra arguments, output suffix, key of the change list in --json)
 COMMANDS = {
-    "fold": ((), "folded", "folds"),
-    "strip": ((), "stripped", "removals"),
-    "swap": (("--from", "batchnorm", "--to", "layernorm"), "swapped", "swaps"),
-    "recalibrate": (("--data", "d.npz"), "recalibrated", "layers"),
+    "fold": ((), "folded", "changes"),
+    "strip": ((), "stripped", "changes"),
+    "swap": (("--from", "batchnorm", "--to", "layernorm"), "swapped", "changes"),
+    "recalibrate": (("--data", "d.npz"), "recalibrated", "changes"),
 }
 # what each real run changes on conv_bn.keras
 EXPECTED_PATHS = {
@@ -69,7 +69,7 @@ EXPECTED_PATHS = {
 
 
 def _change_path(command: str, change: dict[str, Any]) -> str:
-    return change["batchnorm"] if command == "fold" else change["path"]
+    return change["path"]
 
 
 def _without_measurements(command: str, change: dict[str, Any]) -> dict[str, Any]:
@@ -117,8 +117,14 @@ def test_rewrite_command_conventions(command: str, workdir: Path) -> None:
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert set(report) == {
-        "command", "model", changes_key, "kept", "drift", "notices", "output", "dry_run",
+        "command", "model", changes_key, "kept", "drift", "summary", "notices", "output",
+        "dry_run",
     }  # fmt: skip
+    # the before/after table: parameters, file sizes (the output's once written), drift
+    summary = report["summary"]
+    assert summary["file_bytes"]["before"] == model.stat().st_size
+    assert summary["file_bytes"]["after"] == default_output.stat().st_size
+    assert summary["parameters"]["after"] > 0
     assert report["command"] == command and report["dry_run"] is False
     assert report["model"] == str(model)
     assert Path(report["output"]) == default_output

@@ -154,7 +154,7 @@ def test_swap_drift_equals_an_independent_probe_on_the_random_inputs(partial, sw
         drift = report.layer_drift[path]
         assert drift["max_abs"] == pytest.approx(expected, rel=1e-4)
         assert drift["relative"] == pytest.approx(expected / np.max(np.abs(old)), rel=1e-4)
-        assert report.to_json()["swaps"][paths.index(path)]["drift"] == drift
+        assert report.to_json()["changes"][paths.index(path)]["drift"] == drift
     output_drift = _max_abs(_predict(partial, inputs), _predict(result.model, inputs))
     assert report.drift["max_abs"] > 0
     assert report.drift["max_abs"] == pytest.approx(output_drift, rel=1e-4)
@@ -424,9 +424,9 @@ def test_cli_swap_dry_run_json_lists_the_swaps_and_writes_nothing(tmp_path):
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout)
     assert payload["dry_run"] is True and payload["output"] is None
-    assert [swap["path"] for swap in payload["swaps"]] == BATCHNORMS
-    assert {swap["to"] for swap in payload["swaps"]} == {"LayerNormalization"}
-    assert [swap["carried"] for swap in payload["swaps"]] == [["gamma", "beta"]] * 2
+    assert [swap["path"] for swap in payload["changes"]] == BATCHNORMS
+    assert {swap["to"] for swap in payload["changes"]} == {"LayerNormalization"}
+    assert [swap["carried"] for swap in payload["changes"]] == [["gamma", "beta"]] * 2
     assert files_in(tmp_path) == ["m.keras"]
 
 
@@ -453,9 +453,9 @@ def test_cli_swap_dry_run_to_groupnorm_plans_what_the_real_swap_does(tmp_path):
     args = ["swap", model, "--from", "batchnorm", "--to", "groupnorm", "--json"]
     planned = json.loads(run_cli(*args, "--dry-run").stdout)
     done = json.loads(run_cli(*args).stdout)
-    assert [s["path"] for s in done["swaps"]] == BATCHNORMS
-    assert [(s["path"], s["groups"]) for s in planned["swaps"]] == [
-        (s["path"], s["groups"]) for s in done["swaps"]
+    assert [s["path"] for s in done["changes"]] == BATCHNORMS
+    assert [(s["path"], s["groups"]) for s in planned["changes"]] == [
+        (s["path"], s["groups"]) for s in done["changes"]
     ]
     assert planned["kept"] == done["kept"] == []
 

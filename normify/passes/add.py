@@ -18,11 +18,10 @@ A BatchNormalization inserted directly after a linear op takes over its bias as 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from normify import incell, kinds, norms
-from normify.audit import POST, PRE
 from normify.graph import (
     INSERTED,
     MODIFIED,
@@ -35,6 +34,7 @@ from normify.graph import (
     map_leaves,
     node_id,
 )
+from normify.passes import Kept, PassResult
 from normify.passes.edit import Editor, output_refs
 from normify.rules import IN_CELL, Decision, Rules
 
@@ -43,7 +43,7 @@ from normify.rules import IN_CELL, Decision, Rules
 class Insertion:
     """One inserted norm layer, as planned."""
 
-    target: str
+    path: str  # the layer normalized
     norm: str
     norm_class: str
     position: str
@@ -56,13 +56,10 @@ class Insertion:
     note: str | None = None
     replaces: str = ""  # path of the layer whose output the new chain now stands in for
     chain_end: str = ""  # path of the last new layer, whose output replaces it
-    # A moved channels_first bias whose output shape the graph does not record (a graph
-    # from a config): whether Keras misapplied it, and so `exact`, is not known here.
-    bias_shape_unknown: bool = field(default=False, compare=False)
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "target": self.target,
+            "path": self.path,
             "norm": self.norm_class,
             "position": self.position,
             "name": self.name,
@@ -74,13 +71,29 @@ class Insertion:
             "note": self.note,
         }
 
+    def describe(self) -> str:
+        if self.position == kinds.IN_CELL:
+            return f"convert {self.path} to {self.norm_class} (layer normalization in the cell)"
+        extra = []
+        if self.activation_layer:
+            extra.append(f"activation moved to {self.activation_layer}")
+        if self.bias_moved:
+            extra.append("bias moved into beta")
+        if self.renamed:
+            extra.append(f"{self.renamed[0]} renamed {self.renamed[1]} to keep the output name")
+        note = f" ({'; '.join(extra)})" if extra else ""
+        return (
+            f"insert {self.name} ({self.norm_class}, axis {self.axis}) after {self.path}, "
+            f"{self.position}{note}"
+        )
 
-def add_norms(
-    graph: Graph, decisions: list[Decision], rules: Rules
-) -> tuple[Graph, list[Insertion]]:
-    """A new graph with a norm inserted for every `insert` decision, and what was inserted."""
+
+def add_norms(graph: Graph, decisions: list[Decision], rules: Rules) -> PassResult:
+    """A new graph with a norm inserted for every `insert` decision; the insertions, and
+    the layers skipped with their reasons."""
     editor = Editor(graph)
-    insertions = []
+    insertions: list[Insertion] = []
+    kept = [Kept(d.path, str(d.reason)) for d in decisions if not d.insert]
     for decision in decisions:
         if not decision.insert:
             continue
@@ -100,7 +113,7 @@ def add_norms(
                 prefix=owner_path,
             )
         )
-    return editor.finish(), insertions
+    return PassResult(editor.finish(), insertions, kept, [])
 
 
 def _insert(
@@ -208,10 +221,10 @@ def _insert(
         chain_end = renamed[0]
     prefix_path = f"{prefix}/" if prefix else ""
     return Insertion(
-        target=f"{prefix}/{layer_name}" if prefix else layer_name,
+        path=f"{prefix}/{layer_name}" if prefix else layer_name,
         norm=norm,
         norm_class=norm_class,
-        position=PRE if direct_after_linear else POST,
+        position=kinds.PRE if direct_after_linear else kinds.POST,
         name=f"{prefix}/{norm_name}" if prefix else norm_name,
         axis=axis,
         activation_layer=activation_name,
@@ -221,7 +234,6 @@ def _insert(
         note=note,
         replaces=prefix_path + replaced_layer,
         chain_end=prefix_path + chain_end,
-        bias_shape_unknown=bias_moved and misapplied is None,
     )
 
 
@@ -238,10 +250,10 @@ def _convert_in_cell(graph: Graph, layer_name: str, path: str) -> Insertion:
         status=MODIFIED,
     )
     return Insertion(
-        target=path,
+        path=path,
         norm=IN_CELL,
         norm_class=incell.describe(class_name, config),
-        position=incell.POSITION,
+        position=kinds.IN_CELL,
         name=path,
         axis=-1,
         exact=False,

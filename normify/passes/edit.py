@@ -3,7 +3,6 @@ and taking them out. Shared by every pass."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from normify.graph import (
@@ -16,17 +15,6 @@ from normify.graph import (
     shallow_copy,
     tensor_refs,
 )
-
-
-@dataclass(frozen=True)
-class Kept:
-    """A layer a pass left in place, and why."""
-
-    path: str
-    reason: str
-
-    def to_json(self) -> dict[str, Any]:
-        return {"path": self.path, "reason": self.reason}
 
 
 class Editor:

@@ -15,7 +15,8 @@ from typing import Any
 from normify import kinds, norms
 from normify.folding import fold_reason, folded_config
 from normify.graph import MODIFIED, FoldedFrom, Graph, LayerSpec, walk_layers
-from normify.passes.edit import Editor, Kept, output_refs
+from normify.passes import Kept, PassResult
+from normify.passes.edit import Editor, output_refs
 from normify.rules import selected
 
 BATCHNORM_CLASSES = ("BatchNormalization", "SyncBatchNormalization")
@@ -25,15 +26,14 @@ BATCHNORM_CLASSES = ("BatchNormalization", "SyncBatchNormalization")
 class Fold:
     """A BatchNormalization folded into `into` (both layer paths)."""
 
-    batchnorm: str
+    path: str  # the BatchNormalization's
     into: str
 
-    @property
-    def path(self) -> str:
-        return self.batchnorm
-
     def to_json(self) -> dict[str, Any]:
-        return {"batchnorm": self.batchnorm, "into": self.into}
+        return {"path": self.path, "into": self.into}
+
+    def describe(self) -> str:
+        return f"fold   {self.path} into {self.into}"
 
 
 def negative_axis(axis: Any, shape: tuple[int | None, ...] | None) -> Any:
@@ -55,7 +55,7 @@ def batchnorm_paths(graph: Graph) -> list[str]:
 
 def fold_batchnorms(
     graph: Graph, include: tuple[str, ...] = (), exclude: tuple[str, ...] = ()
-) -> tuple[Graph, list[Fold], list[Kept]]:
+) -> PassResult:
     """A new graph with every foldable BatchNormalization folded, the folds, and the rest."""
     editor = Editor(graph)
     folds, kept = [], []
@@ -68,7 +68,7 @@ def fold_batchnorms(
                 continue
             reason = folded
         kept.append(Kept(path, reason))
-    return editor.root, folds, kept
+    return PassResult(editor.root, folds, kept, [])
 
 
 def try_fold(editor: Editor, path: str) -> Fold | str:

@@ -18,13 +18,14 @@ from typing import Any
 
 from normify import incell, kinds
 from normify.graph import MODIFIED, Graph, TensorRef, walk_layers
-from normify.passes.edit import Editor, Kept, output_refs
+from normify.passes import Kept, PassResult
+from normify.passes.edit import Editor, output_refs
 from normify.passes.fold import BATCHNORM_CLASSES, Fold, try_fold
 from normify.rules import selected
 
 # `strip --kind layernorm-cell` converts only recurrent layers normalized in their cells;
 # `layernorm` and `all` convert them too, beside removing LayerNormalization layers.
-IN_CELL_KIND = "layernorm-cell"
+IN_CELL_KIND = kinds.LAYERNORM_CELL
 IN_CELL_KINDS = ("all", "layernorm", IN_CELL_KIND)
 STRIP_KINDS = {
     "batchnorm": BATCHNORM_CLASSES,
@@ -58,13 +59,21 @@ class Removal:
             "in_cell": self.in_cell,
         }
 
+    def describe(self) -> str:
+        if self.in_cell:
+            return f"strip  {self.path} ({self.class_name}): back to stock cells"
+        how = f"folded into {self.folded_into}" if self.folded_into else "removed"
+        return f"strip  {self.path} ({self.class_name}): {how}"
+
 
 def strip_norms(
     graph: Graph,
     kind: str = "all",
     include: tuple[str, ...] = (),
     exclude: tuple[str, ...] = (),
-) -> tuple[Graph, list[Removal], list[Kept]]:
+) -> PassResult:
+    """A new graph without the selected norm layers (folded first where exact), the
+    removals, and the norms left in place."""
     classes = _classes(kind)
     editor = Editor(graph)
     removals, kept = [], []
@@ -93,7 +102,7 @@ def strip_norms(
             _restore_activation(editor, producer)
     if kind in IN_CELL_KINDS:
         removals.extend(_to_stock_cells(editor, graph, include, exclude, kept))
-    return editor.root, removals, kept
+    return PassResult(editor.root, removals, kept, [])
 
 
 def _to_stock_cells(

@@ -15,10 +15,11 @@ from normify import kinds, norms
 from normify.errors import NormifyError
 from normify.flow import build_flow, makes_mask
 from normify.graph import INSERTED, Graph, LayerSpec, WeightFrom, walk_layers
-from normify.passes.edit import Editor, Kept
+from normify.passes import Kept, PassResult
+from normify.passes.edit import Editor
 from normify.rules import selected
 
-SWAPPABLE = ("batchnorm", "layernorm", "groupnorm", "rmsnorm")
+SWAPPABLE = kinds.INSERTABLE_NORMS
 AFFINE_NAMES = {"gamma": "gamma", "beta": "beta"}
 
 
@@ -39,6 +40,12 @@ class Replacement:
             "groups": self.groups,
         }
 
+    def describe(self) -> str:
+        carried = ", ".join(self.carried) or "nothing"
+        groups = f", {self.groups} groups" if self.groups else ""
+        classes = f"{self.from_class} -> {self.to_class}{groups}"
+        return f"swap   {self.path}: {classes} (carried {carried})"
+
 
 def swap_norms(
     graph: Graph,
@@ -49,7 +56,7 @@ def swap_norms(
     include: tuple[str, ...] = (),
     exclude: tuple[str, ...] = (),
     allow_mask_loss: bool = False,
-) -> tuple[Graph, list[Replacement], list[Kept], list[str]]:
+) -> PassResult:
     """A new graph with the selected norms swapped, the swaps, the layers left alone, and
     notices (a mask entering a GroupNormalization's statistics)."""
     for value, flag in ((source, "--from"), (target, "--to")):
@@ -88,7 +95,7 @@ def swap_norms(
             kept.append(Kept(path, replacement))
         else:
             replacements.append(replacement)
-    return editor.root, replacements, kept, notices
+    return PassResult(editor.root, replacements, kept, notices)
 
 
 def _masked_norm_paths(graph: Graph) -> set[str]:
