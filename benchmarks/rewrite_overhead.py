@@ -210,7 +210,7 @@ def render(
     ]
     for r in results:
         rows.append(
-            f"| {r.name} ({file_size(r.path)}) | {r.changes} | {r.normify.median:.3f} "
+            f"| {r.name} ({file_size(r.path)}) | {r.insertions} | {r.normify.median:.3f} "
             f"| {r.normify.minimum:.3f} | {r.plain.median:.3f} | {r.plain.minimum:.3f} "
             f"| {r.ratio:.3f} | ≤ {RATIO_TARGET} | {checks[r.name].verdict} |"
         )
@@ -250,7 +250,7 @@ def render(
         "from the file; a model with nothing to insert is loaded by Keras. Its loads and "
         "saves also skip a cost the plain script pays: Keras recomputes an attribute set "
         "for every layer it saves or loads, its cache never hitting "
-        "(`normify.backend.mend_saving_cache`).",
+        "(`normify.keras_internals.mend_saving_cache`).",
         "",
     ]
     if not timing:

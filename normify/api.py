@@ -21,7 +21,7 @@ from typing import Any
 from normify import files, kinds
 from normify import graph as graphs
 from normify.audit import AuditReport, audit_graph
-from normify.errors import NormifyError, UnsupportedModelError
+from normify.errors import ModelLoadError, NormifyError, UnsupportedModelError
 from normify.flow import build_flow
 from normify.formats import Origin
 from normify.passes import Kept, PassResult
@@ -332,7 +332,7 @@ def swap(
     except NormifyError as error:
         if error.path is not None:
             raise
-        raise NormifyError(str(error), source.name) from None
+        raise NormifyError(str(error), source.name) from error
     swaps = planned.changes
     model = _build(source, planned.graph, bool(swaps), safe_mode, custom_objects)
     report = Report(
@@ -606,19 +606,41 @@ def _build(
     """The new model, compiled like the original: built from the file's config and weights
     (`_from_file`), or from the loaded model's layers; a model loaded here with nothing to
     change is returned as it is."""
+    from normify.rebuild import RebuildError
+
+    try:
+        return _rebuilt(source, graph, changed, safe_mode, custom_objects)
+    except RebuildError as error:
+        if error.path is not None:
+            raise
+        raise RebuildError(str(error), source.name) from error
+
+
+def _rebuilt(
+    source: _Source, graph: graphs.Graph, changed: bool, safe_mode: bool, custom_objects: Any
+) -> Any:
     from normify.rebuild import rebuild
 
     if source.model_file is not None:
         from normify.weightfile import WeightFile
 
-        compile_config = source.model_file.config.get("compile_config")
-        with WeightFile(source.model_file.path, source.graph, safe_mode, custom_objects) as weights:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # Keras's notices of its own, not ours
-                model = rebuild(graph, weights=weights)
-                if compile_config:
-                    model.compile_from_config(compile_config)
-                    source.notices.append(COMPILED_NOTICE)
+        model_file = source.model_file
+        compile_config = model_file.config.get("compile_config")
+        try:
+            with WeightFile(model_file.path, source.graph, safe_mode, custom_objects) as weights:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # Keras's notices of its own, not ours
+                    model = rebuild(graph, weights=weights)
+                    if compile_config:
+                        model.compile_from_config(compile_config)
+                        source.notices.append(COMPILED_NOTICE)
+        except NormifyError:
+            raise
+        except Exception as error:  # Keras cannot build a layer of the file: say which
+            from normify.loading import load_failure
+
+            message = load_failure(model_file.config, error, custom_objects, safe_mode)
+            raise ModelLoadError(message, source.name) from error
         return model
     if not changed and source.share and not source.flattened:
         return source.model  # nothing to change in a model we loaded ourselves

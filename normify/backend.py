@@ -9,11 +9,15 @@ pointed at a temporary file, which is replayed only if the import fails.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
+import json
 import os
 import sys
 import tempfile
 from collections.abc import Iterator
 from types import ModuleType
+
+from normify.errors import NormifyError
 
 _keras: ModuleType | None = None
 
@@ -29,9 +33,49 @@ def keras() -> ModuleType:
         _keras = already_imported
         return _keras
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    backend = _choose_backend()
+    if importlib.util.find_spec(_BACKEND_MODULES.get(backend, backend)) is None:
+        raise MissingBackendError(
+            f"the Keras backend {backend!r} is not installed: "
+            f"pip install 'normify[{backend}]' (or set KERAS_BACKEND to an installed one)"
+        )
     _keras = _import_with_quiet_stderr()
     return _keras
+
+
+# Keras backend name -> the module that provides it, in the order tried when none is set.
+_BACKEND_MODULES = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}
+
+
+class MissingBackendError(NormifyError):
+    """No Keras backend is installed for a command that runs a model."""
+
+
+def _choose_backend() -> str:
+    """The backend Keras will use: KERAS_BACKEND, else the one in keras.json, else the
+    first installed of TensorFlow, JAX and PyTorch (Keras itself would insist on
+    TensorFlow), which is then written to KERAS_BACKEND for Keras to read."""
+    chosen = os.environ.get("KERAS_BACKEND") or _configured_backend()
+    if chosen:
+        return chosen
+    for backend, module in _BACKEND_MODULES.items():
+        if importlib.util.find_spec(module) is not None:
+            os.environ["KERAS_BACKEND"] = backend
+            return backend
+    raise MissingBackendError(
+        "no Keras backend is installed: pip install 'normify[tensorflow]' "
+        "(or 'normify[jax]', 'normify[torch]')"
+    )
+
+
+def _configured_backend() -> str | None:
+    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    try:
+        with open(os.path.join(home, "keras.json"), encoding="utf-8") as file:
+            configured = json.load(file).get("backend")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return configured if isinstance(configured, str) else None
 
 
 def _import_with_quiet_stderr() -> ModuleType:
@@ -86,32 +130,3 @@ def deep_recursion(layers: int) -> Iterator[None]:
         yield
     finally:
         sys.setrecursionlimit(previous)
-
-
-# The object types whose saving skip sets Keras recomputes for every object it walks.
-_SKIPSET_TYPES = ("Layer", "Functional", "Sequential", "Operation")
-
-
-def mend_saving_cache() -> None:
-    """Let Keras reuse the attribute skip sets it computes when saving and loading.
-
-    For every layer it saves or loads, Keras 3.15's `saving_lib.get_attr_skipset`
-    builds a throwaway `Layer()` and lists its attributes (about 1.5 ms): it stores the
-    result under `saving_attr_skipset_<type>` but looks it up under
-    `saving_attr_skiplist_<type>`, so the cache never hits (about 0.3 s of a DenseNet121's
-    load, as much of its save). This stores the very value it computes under the key it looks
-    up. Idempotent; does nothing on a Keras without that function.
-    """
-    try:
-        from keras.src.backend.common import global_state
-        from keras.src.saving.saving_lib import get_attr_skipset
-    except ImportError:
-        return
-    for obj_type in _SKIPSET_TYPES:
-        key = f"saving_attr_skiplist_{obj_type}"
-        if global_state.get_global_attribute(key, None) is None:
-            try:
-                skipset = get_attr_skipset(obj_type)
-            except Exception:
-                return
-            global_state.set_global_attribute(key, skipset)

@@ -17,6 +17,7 @@ import numpy as np
 from normify.flow import build_flow
 from normify.graph import from_model
 from normify.probe import INPUT, OUTPUT, ChannelMoments, Probe, channel_rows
+from normify.variables import detached
 
 BATCHNORM = "BatchNormalization"
 
@@ -97,7 +98,7 @@ def _assign(layer: Any, name: str, value: np.ndarray) -> None:
 def _value(layer: Any, name: str) -> np.ndarray | None:
     for variable in layer.weights:
         if variable.path.rsplit("/", 1)[-1] == name:
-            return np.asarray(variable.numpy(), dtype=np.float64)
+            return detached(variable).astype(np.float64)
     return None
 
 

@@ -12,7 +12,6 @@ import gc
 import json
 import os
 import sys
-import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +41,6 @@ def reports_errors(command: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(command)
     def wrapper(*args: Any, debug: bool = False, **kwargs: Any) -> Any:
-        warnings.simplefilter("ignore")
         try:
             return command(*args, **kwargs)
         except NormifyError as error:
@@ -55,7 +53,7 @@ def reports_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             if debug:
                 raise
             text = (str(error).strip().splitlines() or [""])[0][:300]
-            _fail(f"{type(error).__name__}: {text} (rerun with --debug for the traceback)")
+            _fail(f"internal error: {text} (rerun with --debug for the traceback)")
 
     return click.option("--debug", is_flag=True, help="Show the full traceback of an error.")(
         wrapper

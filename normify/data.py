@@ -59,7 +59,7 @@ def input_specs(model: Any) -> list[InputSpec]:
     try:
         inputs = model.inputs
     except (AttributeError, ValueError) as exc:
-        raise UnsupportedModelError(f"the model has no defined inputs ({exc})") from None
+        raise UnsupportedModelError(f"the model has no defined inputs ({exc})") from exc
     if not inputs:
         raise UnsupportedModelError("the model has no defined inputs")
     return [_spec_of(tensor) for tensor in inputs]
@@ -114,7 +114,7 @@ def load_data(
             raise _Invalid("the model has no inputs to feed")
         arrays = _read_source(source, specs, max_samples)
     except _Invalid as exc:
-        raise NormifyError(str(exc), label) from None
+        raise NormifyError(str(exc), label) from exc
     return CalibrationData(list(specs), int(batch_size), len(arrays[0]), arrays)
 
 
@@ -185,7 +185,7 @@ def _magic(path: Path) -> bytes:
         with path.open("rb") as handle:
             return handle.read(len(NPY_MAGIC))
     except OSError as exc:
-        raise _Invalid(f"cannot read the file ({exc.strerror or exc})") from None
+        raise _Invalid(f"cannot read the file ({exc.strerror or exc})") from exc
 
 
 def _load_npy(path: Path) -> np.ndarray:
@@ -193,7 +193,7 @@ def _load_npy(path: Path) -> np.ndarray:
     try:
         return np.load(path, mmap_mode="r", allow_pickle=False)
     except _READ_ERRORS as exc:
-        raise _load_error(exc) from None
+        raise _load_error(exc) from exc
 
 
 def _read_npz(path: Path, specs: list[InputSpec], limit: int) -> list[np.ndarray]:
@@ -205,7 +205,7 @@ def _read_npz(path: Path, specs: list[InputSpec], limit: int) -> list[np.ndarray
     except _Invalid:
         raise
     except _READ_ERRORS as exc:
-        raise _load_error(exc) from None
+        raise _load_error(exc) from exc
     return _finish(arrays, specs, limit)
 
 
@@ -270,7 +270,7 @@ def _as_array(value: Any, spec: InputSpec) -> np.ndarray:
         raise _Invalid(
             f"input '{spec.name}' cannot be read as an array ({_one_line(str(exc))}); "
             f"the model expects {_shape(spec.expected)}"
-        ) from None
+        ) from exc
     if array.dtype.kind not in "biuf":
         raise _Invalid(
             f"input '{spec.name}' holds {_kind_name(array.dtype)} data but the model expects "
@@ -312,8 +312,8 @@ def _cast(array: np.ndarray, spec: InputSpec) -> np.ndarray:
     try:
         with np.errstate(over="raise"):
             return np.array(array, dtype=target)
-    except FloatingPointError:
-        raise _Invalid(_dtype_message(spec, f"the {array.dtype} values overflow it")) from None
+    except FloatingPointError as cause:
+        raise _Invalid(_dtype_message(spec, f"the {array.dtype} values overflow it")) from cause
 
 
 def _numpy_dtype(spec: InputSpec) -> np.dtype:
@@ -325,11 +325,11 @@ def _numpy_dtype(spec: InputSpec) -> np.dtype:
         import ml_dtypes
 
         return np.dtype(getattr(ml_dtypes, spec.dtype))
-    except (ImportError, AttributeError, TypeError):
+    except (ImportError, AttributeError, TypeError) as cause:
         raise _Invalid(
             f"input '{spec.name}' of shape {_shape(spec.expected)} takes {spec.dtype} data, "
             "which normify cannot feed from arrays"
-        ) from None
+        ) from cause
 
 
 def _check_integers(array: np.ndarray, spec: InputSpec, target: np.dtype) -> None:
@@ -356,7 +356,7 @@ def _from_batches(source: Any, specs: list[InputSpec], limit: int) -> list[np.nd
         try:
             arrays, count = _batch_arrays(element, specs)
         except _Invalid as exc:
-            raise _Invalid(f"batch {index}: {exc}") from None
+            raise _Invalid(f"batch {index}: {exc}") from exc
         take = min(count, limit - total)
         for bucket, array in zip(parts, arrays, strict=True):
             bucket.append(array[:take])
@@ -413,13 +413,13 @@ def _inputs_of(x: Any, specs: list[InputSpec]) -> list[Any]:
 def _join(parts: list[np.ndarray], spec: InputSpec) -> np.ndarray:
     try:
         return np.concatenate(parts)
-    except ValueError:
+    except ValueError as cause:
         shapes = sorted({part.shape[1:] for part in parts})
         raise _Invalid(
             f"input '{spec.name}' has batches of different shapes {', '.join(map(_shape, shapes))} "
             f"(without the batch dimension) but the model expects {_shape(spec.expected)}; "
             "pad them to one shape"
-        ) from None
+        ) from cause
 
 
 # --- messages ----------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from normify.graph import iter_leaves
+from normify.keras_internals import keras_history
 
 DRIFT_BATCH = 8
 UNKNOWN_DIMENSION = 8
@@ -35,7 +36,7 @@ def random_inputs(model: Any, batch: int = DRIFT_BATCH, seed: int = 0) -> list[n
 
 
 def _input_name(tensor: Any) -> str:
-    return tensor._keras_history[0].name
+    return keras_history(tensor)[0].name
 
 
 def _embedding_sizes(model: Any) -> dict[str, int]:

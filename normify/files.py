@@ -93,7 +93,7 @@ def read_model_file(
     except ModelLoadError as error:
         if error.path is not None:
             raise
-        raise type(error)(str(error), path) from None
+        raise type(error)(str(error), path) from error
     _check_stored_weights(translation, attributes, path)
     training = _parse_training_config(attributes.get("training_config"))
     return ModelFile(
@@ -187,7 +187,7 @@ def detect_format(path: str | os.PathLike[str]) -> str:
         with open(path, "rb") as handle:
             magic = handle.read(8)
     except OSError as error:
-        raise ModelLoadError(f"cannot be read ({error.strerror})", path) from None
+        raise ModelLoadError(f"cannot be read ({error.strerror})", path) from error
     if not magic:
         raise ModelLoadError("is empty (0 bytes)", path)
     if magic.startswith(ZIP_MAGIC) or magic.startswith(EMPTY_ZIP_MAGIC):
@@ -247,7 +247,7 @@ def _archive_weight_shapes(
     except hdf5.Unsupported:
         return None
     except (hdf5.Corrupt, KeyError) as error:
-        raise ModelLoadError(f"has corrupt weights (model.weights.h5: {error})", path) from None
+        raise ModelLoadError(f"has corrupt weights (model.weights.h5: {error})", path) from error
     except (OSError, ValueError):
         return None
 
@@ -301,9 +301,11 @@ def _open_zip(path: Path) -> zipfile.ZipFile:
     try:
         return zipfile.ZipFile(path)
     except OSError as error:
-        raise ModelLoadError(f"cannot be read ({error})", path) from None
-    except Exception:  # BadZipFile, and struct/Unicode/Value errors on a mangled directory
-        raise ModelLoadError("is truncated or corrupt (not a readable zip archive)", path) from None
+        raise ModelLoadError(f"cannot be read ({error})", path) from error
+    except Exception as cause:  # BadZipFile; struct/Unicode/Value errors on a mangled directory
+        raise ModelLoadError(
+            "is truncated or corrupt (not a readable zip archive)", path
+        ) from cause
 
 
 def check_member_size(info: zipfile.ZipInfo, archive_size: int, path: Path) -> None:
@@ -334,9 +336,9 @@ def _read_member(archive: zipfile.ZipFile, name: str, path: Path) -> bytes:
     try:
         return archive.read(name)
     except (zipfile.BadZipFile, OSError, EOFError, zipfile.LargeZipFile) as error:
-        raise ModelLoadError(f"{name} cannot be read ({first_line(error)})", path) from None
+        raise ModelLoadError(f"{name} cannot be read ({first_line(error)})", path) from error
     except Exception as error:  # zlib.error, encrypted or unsupported compression, ...
-        raise ModelLoadError(f"{name} is corrupt ({first_line(error)})", path) from None
+        raise ModelLoadError(f"{name} is corrupt ({first_line(error)})", path) from error
 
 
 def _h5_metadata(path: Path) -> dict[str, Any]:
@@ -454,12 +456,12 @@ def _h5_attributes_in_child(path: Path) -> dict[str, Any] | None:
             timeout=H5_READ_SECONDS,
             stdin=subprocess.DEVNULL,
         )
-    except subprocess.TimeoutExpired:
+    except subprocess.TimeoutExpired as cause:
         raise ModelLoadError(
             f"is not a readable HDF5 file (the HDF5 library did not finish reading it in "
             f"{H5_READ_SECONDS:.0f} s; the file is corrupt)",
             path,
-        ) from None
+        ) from cause
     except OSError:  # no interpreter to start (or no source to give it)
         return None
     try:
@@ -473,7 +475,7 @@ def _parse_config_json(raw: bytes | str, path: Path, what: str) -> dict[str, Any
     try:
         config = json.loads(raw)
     except (ValueError, RecursionError) as error:
-        raise ModelLoadError(f"{what} is not valid JSON ({first_line(error)})", path) from None
+        raise ModelLoadError(f"{what} is not valid JSON ({first_line(error)})", path) from error
     if not isinstance(config, dict) or not isinstance(config.get("class_name"), str):
         raise ModelLoadError(f"{what} does not describe a model (no class_name)", path)
     # Keras 2.0 to 2.2 saved a Sequential's config as the bare list of its layers

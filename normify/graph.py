@@ -22,6 +22,7 @@ from typing import Any
 
 from normify import kinds
 from normify.errors import NormifyError, UnsupportedModelError
+from normify.keras_internals import functional_class, inbound_nodes, keras_history, own_layers
 
 KEPT = "kept"
 MODIFIED = "modified"
@@ -145,6 +146,13 @@ class Graph:
         return copied
 
 
+    def check(self) -> None:
+        """Verify the invariants every pass and the rebuild step rely on, here and in
+        every nested graph: node ids match their keys and name a layer of this graph,
+        every reference resolves to an earlier node (topological order), the outputs
+        resolve, and a Sequential is one chain."""
+        _check_graph(self)
+
 def shallow_copy(obj: Any) -> Any:
     """A copy of a spec, node or graph sharing its field values: what
     `dataclasses.replace(obj)` gives, at the cost of one dict copy."""
@@ -156,6 +164,40 @@ def shallow_copy(obj: Any) -> Any:
 def node_id(layer_name: str, call_index: int) -> str:
     """The id of the `call_index`-th call of a layer: `dense`, then `dense@1`, `dense@2`."""
     return layer_name if call_index == 0 else f"{layer_name}@{call_index}"
+
+
+class GraphError(NormifyError):
+    """The graph broke one of its own invariants: a bug in the pass that edited it."""
+
+
+def _check_graph(graph: Graph) -> None:
+    where = f"graph {graph.name}"
+    seen: dict[str, int] = {}
+    for position, (key, node) in enumerate(graph.nodes.items()):
+        if node.id != key:
+            raise GraphError(f"{where}: node {key!r} carries the id {node.id!r}")
+        if node.layer not in graph.layers:
+            raise GraphError(f"{where}: node {key!r} calls unknown layer {node.layer!r}")
+        for ref in node.inputs:
+            if ref.node not in seen:
+                problem = "a later node" if ref.node in graph.nodes else "no node"
+                raise GraphError(f"{where}: node {key!r} reads {ref.node!r}, {problem}")
+        seen[key] = position
+    for ref in tensor_refs((graph.inputs, graph.outputs)):
+        if ref.node not in seen:
+            raise GraphError(f"{where}: an input or output refers to no node {ref.node!r}")
+    if graph.sequential:
+        previous: str | None = None
+        for key, node in graph.nodes.items():
+            refs = node.inputs
+            if previous is not None and [ref.node for ref in refs] != [previous]:
+                raise GraphError(f"{where}: Sequential is no longer a chain at {key!r}")
+            previous = key
+    for name, spec in graph.layers.items():
+        if spec.name != name:
+            raise GraphError(f"{where}: layer {name!r} is named {spec.name!r}")
+        if spec.subgraph is not None:
+            _check_graph(spec.subgraph)
 
 
 # ---------------------------------------------------------------------------- structures
@@ -243,13 +285,13 @@ def from_config(model_config: dict[str, Any], source: str | None = None) -> Grap
         if error.path is not None or source is None:
             raise
         # The checks below do not know the file; the user needs it named.
-        raise type(error)(str(error), source) from None
-    except RecursionError:
-        raise NormifyError("malformed model config (nested too deeply)", source) from None
+        raise type(error)(str(error), source) from error
+    except RecursionError as cause:
+        raise NormifyError("malformed model config (nested too deeply)", source) from cause
     except (KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError) as error:
         raise NormifyError(
             f"malformed model config ({type(error).__name__}: {_first_line(error)})", source
-        ) from None
+        ) from error
 
 
 def _first_line(error: BaseException) -> str:
@@ -600,9 +642,7 @@ def _graph_from_live(model: Any, depth: int, flatten: bool) -> Graph:
 
 
 def _is_functional_subclass(model: Any) -> bool:
-    from keras.src.models.functional import Functional
-
-    return isinstance(model, Functional) and hasattr(model, "_outputs_struct")
+    return isinstance(model, functional_class()) and hasattr(model, "_outputs_struct")
 
 
 def _spec_from_live(operation: Any, depth: int, flatten: bool) -> LayerSpec:
@@ -654,7 +694,7 @@ def _sequential_from_live(model: Any, depth: int, flatten: bool) -> Graph:
     shapes: dict[TensorRef, tuple[int | None, ...]] = {}
     previous: TensorRef | None = None
     inputs: list[TensorRef] = []
-    for layer in model._layers:  # includes the InputLayer, unlike `model.layers`
+    for layer in own_layers(model):  # includes the InputLayer, unlike `model.layers`
         spec = _spec_from_live(layer, depth, flatten)
         if spec.name in layers:
             raise UnsupportedModelError(f"layer name {spec.name!r} is used twice in {model.name}")
@@ -669,8 +709,8 @@ def _sequential_from_live(model: Any, depth: int, flatten: bool) -> Graph:
                 )
             nodes[spec.name] = Node(spec.name, spec.name, (previous,))
         previous = TensorRef(spec.name)
-        if layer._inbound_nodes:
-            shapes[previous] = tuple(layer._inbound_nodes[0].outputs[0].shape)
+        if inbound_nodes(layer):
+            shapes[previous] = tuple(inbound_nodes(layer)[0].outputs[0].shape)
     outputs = [previous] if previous is not None else []
     return Graph(
         model.name, "Sequential", True, layers, nodes, inputs, outputs, obj=model, shapes=shapes
@@ -685,11 +725,11 @@ def _functional_from_live(model: Any, depth: int, flatten: bool) -> Graph:
     stack = [tensor for tensor in iter_leaves(model._outputs_struct)]
     while stack:
         tensor = stack.pop()
-        operation, node_index, _ = tensor._keras_history
+        operation, node_index, _ = keras_history(tensor)
         key = (id(operation), node_index)
         if key in reachable:
             continue
-        node = operation._inbound_nodes[node_index]
+        node = inbound_nodes(operation)[node_index]
         reachable[key] = node
         stack.extend(node.input_tensors)
 
@@ -701,20 +741,20 @@ def _functional_from_live(model: Any, depth: int, flatten: bool) -> Graph:
             raise UnsupportedModelError(f"layer name {spec.name!r} is used twice in {model.name}")
         layers[spec.name] = spec
         call_index = 0
-        for node_index in range(len(operation._inbound_nodes)):
+        for node_index in range(len(inbound_nodes(operation))):
             if (id(operation), node_index) in reachable:
                 ids[(id(operation), node_index)] = node_id(operation.name, call_index)
                 call_index += 1
 
     def to_ref(value: Any) -> Any:
         if isinstance(value, KerasTensor):
-            operation, node_index, tensor_index = value._keras_history
+            operation, node_index, tensor_index = keras_history(value)
             return TensorRef(ids[(id(operation), node_index)], tensor_index)
         return value
 
     pending = []
     for operation in model.operations:
-        for node_index, node in enumerate(operation._inbound_nodes):
+        for node_index, node in enumerate(inbound_nodes(operation)):
             key = (id(operation), node_index)
             if key not in reachable:
                 continue

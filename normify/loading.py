@@ -24,11 +24,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from normify.backend import deep_recursion, mend_saving_cache
+from normify.backend import deep_recursion
 from normify.errors import ModelLoadError, NormifyError, first_line
 from normify.files import KERAS, ModelFile, count_layers, read_model_file
 from normify.formats import Origin, Translation
 from normify.formats.base import Context
+from normify.keras_internals import mend_saving_cache
 from normify.kinds import library_of
 
 
@@ -72,7 +73,7 @@ def load_custom_objects(files: Iterable[str | os.PathLike[str]]) -> dict[str, An
             raise NormifyError(
                 f"importing custom objects failed: {type(error).__name__}: {first_line(error)}",
                 file,
-            ) from None
+            ) from error
         finally:
             sys.dont_write_bytecode = previous
         declared = getattr(module, "custom_objects", None)
@@ -348,6 +349,17 @@ def describe_load_error(error: BaseException) -> str | None:
     if isinstance(error, (zipfile.BadZipFile, EOFError)):
         return f"is truncated or corrupt ({first_line(error)})"
     return None
+
+
+def load_failure(
+    config: dict[str, Any], error: BaseException, custom_objects: Any, safe_mode: bool
+) -> str:
+    """What a user is told when Keras cannot build a model from `config`: the known
+    cause, or the first layer that cannot be built and why."""
+    known = describe_load_error(error)
+    if known is not None:
+        return known
+    return f"cannot be loaded: {_cause(config, error, custom_objects, safe_mode)}"
 
 
 def _cause(

@@ -30,7 +30,6 @@ file, whose variable objects the new layer adopts.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -48,6 +47,15 @@ from normify.graph import (
     WeightFrom,
     map_leaves,
     walk_layers,
+)
+from normify.keras_internals import inbound_nodes, sequential_of
+from normify.variables import (
+    carry_variables,
+    copy_recreated_variables,
+    detached,
+    find_variable,
+    variable_key,
+    variables_by_key,
 )
 
 if TYPE_CHECKING:
@@ -115,20 +123,8 @@ class _Builder:
                 self._input_layer(spec) if spec.kind == kinds.INPUT else self.layer(spec, graph)
             )
             previous = TensorRef(node.id, 0)
-        model = self._new_sequential(objects, graph.name)
+        model = sequential_of(self.keras, objects, graph.name)
         self._copy_model_attributes(graph, model)
-        return model
-
-    def _new_sequential(self, layers: list[Any], name: str) -> Any:
-        """`keras.Sequential(layers)`, without its check of each layer's name against every
-        layer before it (quadratic: 1.3 s at 6000 layers). A graph's names are unique."""
-        model = self.keras.Sequential(name=name)
-        if not hasattr(model, "_maybe_rebuild") or not isinstance(model._layers, list):
-            return self.keras.Sequential(layers, name=name)  # a Keras laid out otherwise
-        for layer in layers:
-            model._layers.append(layer)
-        if layers:
-            model._maybe_rebuild()
         return model
 
     def _functional(self, graph: Graph) -> Any:
@@ -331,7 +327,7 @@ def _value_for(value: Any, shape: Any, dtype: Any) -> Any:
     elif _is_variable(value):
         if tuple(value.shape) != shape:
             raise ValueError(f"variable {value.path} has shape {tuple(value.shape)}, not {shape}")
-        value = value.numpy()
+        value = detached(value)
     return np.broadcast_to(np.asarray(value, dtype=dtype), shape)
 
 
@@ -406,11 +402,11 @@ def _adoptable(value: Any, shape: tuple[int, ...], dtype: Any) -> bool:
 
 def _assign_folded(original: Any, new: Any, batchnorm: Any) -> None:
     """Give `new` the original layer's weights with the BatchNormalization folded in."""
-    from normify.folding import BatchNormParams, fold_batchnorm
+    from normify.folding import BatchNormParams, FoldError, fold_batchnorm
     from normify.passes.fold import negative_axis
 
-    weights = {key: v.numpy() for key, v in variables_by_key(original).items()}
-    bn_vars = {key: v.numpy() for key, v in variables_by_key(batchnorm).items()}
+    weights = {key: detached(v) for key, v in variables_by_key(original).items()}
+    bn_vars = {key: detached(v) for key, v in variables_by_key(batchnorm).items()}
     params = BatchNormParams(
         gamma=bn_vars.get("gamma"),
         beta=bn_vars.get("beta"),
@@ -419,14 +415,19 @@ def _assign_folded(original: Any, new: Any, batchnorm: Any) -> None:
         epsilon=float(batchnorm.epsilon),
         axis=negative_axis(batchnorm.axis, _output_shape(original)),
     )
-    folded = fold_batchnorm(type(original).__name__, original.get_config(), weights, params)
+    try:
+        folded = fold_batchnorm(type(original).__name__, original.get_config(), weights, params)
+    except FoldError as error:
+        raise RebuildError(
+            f"layer {batchnorm.name}: cannot be folded into {original.name}: {error}"
+        ) from error
     targets = variables_by_key(new)
     for key, value in folded.items():
         targets[key].assign(value)
 
 
 def _output_shape(layer: Any) -> tuple[int | None, ...] | None:
-    nodes = getattr(layer, "_inbound_nodes", None)
+    nodes = inbound_nodes(layer)
     return tuple(nodes[0].output_tensors[0].shape) if nodes else None
 
 
@@ -436,7 +437,7 @@ def _from_config(cls: Any, config: dict[str, Any]) -> Any:
     except Exception as error:
         raise RebuildError(
             f"cannot recreate layer {config.get('name')!r} ({cls.__name__}): {error}"
-        ) from None
+        ) from error
 
 
 def _flatten(outputs: Any) -> list[Any]:
@@ -458,124 +459,3 @@ def _accepted_kwargs(operation: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
         return kwargs
     return {key: value for key, value in kwargs.items() if key in parameters}
-
-
-# ------------------------------------------------------------------------ variable keys
-
-
-def variable_key(layer: Any, variable: Any) -> str:
-    """A variable's path relative to its layer: `kernel`, `lstm_cell/recurrent_kernel`."""
-    parts = variable.path.split("/")
-    if layer.name in parts:
-        return "/".join(parts[parts.index(layer.name) + 1 :])
-    return variable.path
-
-
-def variables_by_key(layer: Any) -> dict[str, Any]:
-    found: dict[str, Any] = {}
-    for variable in layer.weights:
-        key = variable_key(layer, variable)
-        if key in found:
-            raise RebuildError(f"layer {layer.name} has two variables keyed {key!r}")
-        found[key] = variable
-    return found
-
-
-def find_variable(layer: Any, key: str) -> Any:
-    """The variable of `layer` keyed `key`, or the only one whose key ends in `/key`
-    (a wrapped layer's `bias` is keyed `dense/bias` in its TimeDistributed)."""
-    variables = variables_by_key(layer)
-    if key in variables:
-        return variables[key]
-    matches = [v for k, v in variables.items() if k.endswith("/" + key)]
-    if len(matches) != 1:
-        raise RebuildError(f"layer {layer.name} has no single variable {key!r}")
-    return matches[0]
-
-
-def copy_recreated_variables(
-    source: Any, target: Any, skip: Callable[[Any], bool] = lambda variable: False
-) -> None:
-    """Copy all variables into an unchanged layer recreated from its own config.
-
-    Matched by key where the keys agree. Some layers name their variables with Keras'
-    auto-numbering (`variable_18`), which differs after recreation; the same class built
-    from the same config creates the same variables in the same order, so for those the
-    order is used, with every shape checked.
-    """
-    source_vars, target_vars = variables_by_key(source), variables_by_key(target)
-    if set(source_vars) == set(target_vars):
-        copy_variables(source, target, require_all=True, skip=skip)
-        return
-    if len(source.weights) != len(target.weights):
-        raise RebuildError(f"layer {source.name}: variables differ after recreation")
-    for original, variable in zip(source.weights, target.weights, strict=True):
-        if tuple(original.shape) != tuple(variable.shape):
-            raise RebuildError(f"layer {source.name}: variable shapes differ after recreation")
-        if not skip(variable):
-            variable.assign(original.value)
-
-
-def carry_variables(
-    source: Any, target: Any, skip: Callable[[Any], bool] = lambda variable: False
-) -> None:
-    """Carry the variables of a layer into its modified version, by key.
-
-    A modified layer may have lost variables (a bias moved into a BatchNormalization,
-    norm parameters dropped by strip) or gained some (norm parameters of a converted
-    recurrent layer), never both: so every variable of one side must find its match, or
-    weights would be silently lost. Keys are relative to the layer; where Keras scoped a
-    nested cell's variables differently (`stacked_rnn_cells/lstm_cell/kernel` against
-    `lstm_cell/kernel` once rebuilt from a config), a unique suffix match decides.
-    """
-    source_vars, target_vars = variables_by_key(source), variables_by_key(target)
-    pairs = {key: key for key in target_vars if key in source_vars}
-    unmatched_sources = set(source_vars) - set(pairs.values())
-    for key in set(target_vars) - set(pairs):
-        found = [
-            other
-            for other in unmatched_sources
-            if other.endswith("/" + key) or key.endswith("/" + other)
-        ]
-        if len(found) == 1:
-            pairs[key] = found[0]
-            unmatched_sources.discard(found[0])
-    if unmatched_sources and len(pairs) < len(target_vars):
-        raise RebuildError(
-            f"layer {source.name}: cannot carry variables {sorted(unmatched_sources)} into "
-            f"its new version (which has {sorted(set(target_vars) - set(pairs))} unmatched)"
-        )
-    for key, source_key in pairs.items():
-        _assign_exactly(source.name, key, source_vars[source_key], target_vars[key], skip)
-
-
-def _assign_exactly(
-    layer_name: str, key: str, original: Any, variable: Any, skip: Callable[[Any], bool]
-) -> None:
-    if tuple(original.shape) != tuple(variable.shape):
-        raise RebuildError(
-            f"layer {layer_name}: variable {key} has shape {tuple(variable.shape)}, "
-            f"expected {tuple(original.shape)}"
-        )
-    if not skip(variable):
-        variable.assign(original.value)
-
-
-def copy_variables(
-    source: Any,
-    target: Any,
-    require_all: bool,
-    skip: Callable[[Any], bool] = lambda variable: False,
-) -> None:
-    """Copy every variable of `source` that `target` has under the same key, exactly
-    (except those `skip` says already hold their value)."""
-    source_vars = variables_by_key(source)
-    target_vars = variables_by_key(target)
-    if require_all and set(source_vars) != set(target_vars):
-        raise RebuildError(
-            f"layer {source.name}: variables differ after recreation "
-            f"({sorted(set(source_vars) ^ set(target_vars))})"
-        )
-    for key, variable in target_vars.items():
-        if key in source_vars:
-            _assign_exactly(source.name, key, source_vars[key], variable, skip)

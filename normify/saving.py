@@ -19,9 +19,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from normify.backend import deep_recursion, mend_saving_cache
+from normify.backend import deep_recursion
 from normify.errors import NormifyError, OutputError, first_line
 from normify.files import count_layers, read_model_file
+from normify.keras_internals import mend_saving_cache
 from normify.loading import count_live_layers
 
 

@@ -26,7 +26,8 @@ from typing import Any
 
 from normify.errors import NormifyError
 from normify.graph import iter_leaves
-from normify.rebuild import variable_key
+from normify.keras_internals import keras_history
+from normify.variables import detached, variable_key
 
 CARRIED = "carried"
 CHANGED = "changed"
@@ -179,7 +180,7 @@ def _load(
 
 def _input_specs(model: Any) -> list[tuple[str, tuple[int | None, ...], str]]:
     return [
-        (tensor._keras_history[0].name, tuple(tensor.shape), str(tensor.dtype))
+        (keras_history(tensor)[0].name, tuple(tensor.shape), str(tensor.dtype))
         for tensor in model.inputs
     ]
 
@@ -264,7 +265,6 @@ def _digest(value: np.ndarray) -> bytes:
 def _variables(layers: dict[str, Any]) -> dict[tuple[str, str], _Variable]:
     """Every variable keyed (layer path, key), in model order; nested models contribute
     their layers' variables under those layers' own paths."""
-    import numpy as np
 
     found: dict[tuple[str, str], _Variable] = {}
     for path, layer in layers.items():
@@ -272,7 +272,7 @@ def _variables(layers: dict[str, Any]) -> dict[tuple[str, str], _Variable]:
             continue
         for variable in layer.weights:
             key = _unique_key(variable_key(layer, variable), path, found)
-            value = np.array(variable.numpy())
+            value = detached(variable)
             found[(path, key)] = _Variable(path, key, value, bool(variable.trainable))
     return found
 

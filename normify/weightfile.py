@@ -83,9 +83,7 @@ class WeightFile:
         self._extracted: tempfile.TemporaryDirectory[str] | None = None
 
     def __enter__(self) -> WeightFile:
-        from keras.src.saving import serialization_lib
-
-        from normify.backend import mend_saving_cache
+        from normify.keras_internals import mend_saving_cache, serialization_lib
 
         mend_saving_cache()
         try:
@@ -98,7 +96,7 @@ class WeightFile:
             self.__exit__(None, None, None)
             raise WeightFileError(f"unexpected weight groups {sorted(top - TOP_GROUPS)}")
         # as `keras.saving.load_model` deserializes (objects shared by id in old configs)
-        self._sharing = serialization_lib.ObjectSharingScope()
+        self._sharing = serialization_lib().ObjectSharingScope()
         self._sharing.__enter__()
         return self
 
@@ -149,14 +147,14 @@ class WeightFile:
     def load(self, layer: Any, spec: LayerSpec) -> None:
         """Read the original layer `spec`'s weights into `layer` (built, same class and
         config), with Keras' own loader: its variables and those of objects nested in it."""
-        from keras.src.saving import saving_lib
+        from normify.keras_internals import saving_lib
 
         group = self._groups.get(id(spec.serialized)) if spec.serialized is not None else None
         if group is None:
             raise WeightFileError(f"layer {spec.name} has no weights group in the file")
         if not getattr(layer, "built", True):
             raise WeightFileError(f"layer {spec.name} was not built from its config")
-        saving_lib._load_state(
+        saving_lib()._load_state(
             layer, weights_store=self._store, assets_store=None, inner_path=group,
             visited_saveables=set(),
         )  # fmt: skip
@@ -193,14 +191,14 @@ def weight_groups(graph: Graph, group: str = "") -> dict[int, str]:
     identity of its config entry: Keras names a model's layers after their class, in
     layer order, numbered from the second of a class (`dense`, `dense_1`, ...)."""
     keras()  # imported quietly first (TensorFlow's notices)
-    from keras.src.utils import naming
+    from normify.keras_internals import naming
 
     groups: dict[int, str] = {}
     used: dict[str, int] = {}
     for spec in graph.layers.values():
         if spec.kind == kinds.OP or spec.serialized is None:
             continue  # operations are not among a model's layers; an implied input
-        base = naming.to_snake_case(spec.class_name)
+        base = naming().to_snake_case(spec.class_name)
         if base in used:
             used[base] += 1
             name = f"{base}_{used[base]}"
@@ -225,7 +223,9 @@ def _available_memory() -> int:
 
 def _recording_store(content: io.BytesIO | Path) -> Any:
     """Keras' H5 store (its loader accepts no other), remembering each path asked for."""
-    from keras.src.saving.saving_lib import H5IOStore
+    from normify.keras_internals import saving_lib
+
+    H5IOStore = saving_lib().H5IOStore
 
     class RecordingStore(H5IOStore):
         def __init__(self, source: io.BytesIO | Path) -> None:

@@ -498,3 +498,50 @@ def test_help_and_version_exit_zero(flag: str, tmp_path: Path) -> None:
     result = normify(flag, cwd=tmp_path)
     assert (result.returncode, result.stderr) == (0, "")
     assert "normify" in result.stdout
+
+
+BAD_BATCHNORM = """
+import sys
+import keras
+import numpy as np
+
+inputs = keras.Input((4,))
+x = keras.layers.Dense(3, name="dense")(inputs)
+x = keras.layers.BatchNormalization(name="bad_bn")(x)
+model = keras.Model(inputs, keras.layers.Dense(1, name="out")(x))
+model.get_layer("bad_bn").moving_variance.assign(np.array([-1.0, 1.0, 1.0], "float32"))
+model.save(sys.argv[1])
+"""
+
+
+@pytest.mark.parametrize("command", ["fold", "strip"])
+def test_an_invalid_batchnorm_is_one_line_naming_file_and_layer(
+    command: str, tmp_path: Path
+) -> None:
+    """moving_variance + epsilon <= 0 cannot be folded: the user's line says where and why,
+    and names no internal exception class."""
+    made = run(["-c", BAD_BATCHNORM, "bad.keras"], tmp_path)
+    assert made.returncode == 0, made.stderr
+    before = snapshot(tmp_path)
+    result = normify(command, "bad.keras", "-o", "out.keras", cwd=tmp_path)
+    line = assert_clean_failure(
+        result, before, snapshot(tmp_path), "bad.keras", "bad_bn", "moving_variance"
+    )
+    assert "Error" not in line and "internal error" not in line, line
+
+
+def test_an_unforeseen_failure_names_no_exception_class(tmp_path: Path) -> None:
+    """A bug still gives one line, in words, pointing at --debug; --debug shows the chain."""
+    code = (
+        "import normify.api, sys\n"
+        "def broken(*args, **kwargs):\n"
+        "    raise KeyError('lost')\n"
+        "normify.api.plan = broken\n"
+        "from normify.cli import main\n"
+        "main(sys.argv[1:])\n"
+    )
+    result = run(["-c", code, "add", str(MLP), "--dry-run"], tmp_path)
+    line = assert_one_error_line(result, "internal error", "--debug")
+    assert "KeyError" not in line, line
+    debug = run(["-c", code, "add", str(MLP), "--dry-run", "--debug"], tmp_path)
+    assert "KeyError" in debug.stderr and "Traceback" in debug.stderr

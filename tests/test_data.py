@@ -9,7 +9,6 @@ import sys
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from normify import data
 from normify.data import CalibrationData, InputSpec, input_specs, load_data, progress
@@ -18,6 +17,12 @@ from normify.errors import NormifyError, UnsupportedModelError
 IMAGE = "(None, 8, 8, 3)"
 TOKENS = "(None, None)"
 VECTOR = "(None, 4)"
+
+
+@pytest.fixture(scope="module")
+def tf():
+    """TensorFlow, for the tf.data sources; absent from the JAX and PyTorch environments."""
+    return pytest.importorskip("tensorflow", reason="tf.data needs TensorFlow, not installed here")
 
 
 @pytest.fixture(scope="module")
@@ -90,8 +95,8 @@ def test_numpy_array(single):
     np.testing.assert_array_equal(joined(calibration)[0], x)
 
 
-def test_tensorflow_tensor_is_one_array(single):
-    calibration = load_data(tf.constant(images(3)), single)
+def test_backend_tensor_is_one_array(single):
+    calibration = load_data(keras.ops.convert_to_tensor(images(3)), single)
     assert calibration.samples == 3
 
 
@@ -190,7 +195,7 @@ def test_py_dataset(single):
     np.testing.assert_array_equal(joined(load_data(Batches(), single))[0], x)
 
 
-def test_tf_dataset_of_x_y_tuples(single):
+def test_tf_dataset_of_x_y_tuples(single, tf):
     x = images(10)
     dataset = tf.data.Dataset.from_tensor_slices((x, np.arange(10))).batch(4)
     calibration = load_data(dataset, single, batch_size=5)
@@ -198,7 +203,7 @@ def test_tf_dataset_of_x_y_tuples(single):
     assert [len(batch[0]) for batch in calibration.batches()] == [5, 5]
 
 
-def test_tf_dataset_of_dicts(multi):
+def test_tf_dataset_of_dicts(multi, tf):
     vectors, tokens = pair(9)
     dataset = tf.data.Dataset.from_tensor_slices({"vector": vectors, "tokens": tokens}).batch(4)
     got = joined(load_data(dataset, multi))
@@ -207,7 +212,7 @@ def test_tf_dataset_of_dicts(multi):
     assert got[1].dtype == np.int32
 
 
-def test_tf_dataset_of_dict_x_and_y(multi):
+def test_tf_dataset_of_dict_x_and_y(multi, tf):
     vectors, tokens = pair(5)
     x = {"vector": vectors, "tokens": tokens}
     dataset = tf.data.Dataset.from_tensor_slices((x, np.zeros(5))).batch(2)
@@ -227,6 +232,8 @@ def test_infinite_dataset_is_read_only_up_to_max_samples(single):
     assert pulled == [0, 1, 2]
     np.testing.assert_array_equal(joined(calibration)[0][8:], images(4, seed=2)[:2])
 
+
+def test_infinite_tf_dataset_is_read_only_up_to_max_samples(single, tf):
     repeated = tf.data.Dataset.from_tensor_slices(images(3)).batch(2).repeat()
     assert load_data(repeated, single, max_samples=7).samples == 7
 
@@ -357,7 +364,7 @@ def test_shape_mismatch_in_a_later_batch(single):
     assert message.startswith("batch 1: input 'image' has shape (2, 8, 8, 1)") and IMAGE in message
 
 
-def test_unbatched_tf_dataset(single):
+def test_unbatched_tf_dataset(single, tf):
     message = error(tf.data.Dataset.from_tensor_slices(images(3)), single)
     assert "(8, 8, 3)" in message and IMAGE in message and "lacks the batch dimension" in message
 

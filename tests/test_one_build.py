@@ -21,7 +21,7 @@ import normify
 import normify.api as api
 from normify import files, weightfile
 from normify import graph as graphs
-from normify.backend import mend_saving_cache
+from normify.keras_internals import mend_saving_cache
 from normify.saving import save_model
 
 keras = pytest.importorskip("keras")

@@ -55,7 +55,7 @@ def timed(function: Any) -> tuple[float, Any]:
 def test_every_pass_plans_a_deep_model_in_linear_time() -> None:
     graph = graphs.from_config(sequential_config(LAYERS))
     rules = Rules()
-    seconds, (normified, insertions) = timed(
+    seconds, (normified, insertions, _, _) = timed(
         lambda: add_norms(graph, decide(graph, build_flow(graph), rules), rules)
     )
     assert len(insertions) == LAYERS - 1  # the last Dense is the output

@@ -85,7 +85,7 @@ def translate(
         text = (
             str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
         )
-        raise FormatError(f"malformed {origin.describe()} model config ({text})") from None
+        raise FormatError(f"malformed {origin.describe()} model config ({text})") from error
     return Translation(config, origin, context.repairs, context.weight_rules)
 
 

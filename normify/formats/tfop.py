@@ -569,7 +569,7 @@ def tf_op_layer(site: Site, context: Context) -> None:
     try:
         calls = translated_calls(site, mapping)
     except NotMapped as error:
-        raise context.refuse(site.path, f"{label} {error}") from None
+        raise context.refuse(site.path, f"{label} {error}") from error
     op = calls[0]
     name = str(site.entry.get("name") or site.config.get("name"))
     replace_entry(site.entry, op, name, [{"args": c.args, "kwargs": c.kwargs} for c in calls])

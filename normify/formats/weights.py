@@ -95,7 +95,7 @@ def _translated(
         except WeightLayoutError as error:
             raise context.refuse(
                 path, f"its stored weights do not fit rule {rule.rule}: {error}"
-            ) from None
+            ) from error
     return arrays
 
 
@@ -166,7 +166,7 @@ def apply_to_live(model: Any, weight_rules: dict[str, list[WeightRule]], context
             except WeightLayoutError as error:
                 raise context.refuse(
                     path, f"its weights do not fit rule {rule.rule}: {error}"
-                ) from None
+                ) from error
         for variable, array in _checked(layer, path, arrays):
             variable.assign(array)
 

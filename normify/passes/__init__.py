@@ -21,10 +21,21 @@ class Kept:
         return {"path": self.path, "reason": self.reason}
 
 
-class PassResult(NamedTuple):
-    """What every pass returns. Each change has a `path`, `to_json()` and `describe()`."""
-
+class _PassResultFields(NamedTuple):
     graph: Graph
     changes: list[Any]
     kept: list[Kept]
     notices: list[str]
+
+
+class PassResult(_PassResultFields):
+    """What every pass returns. Each change has a `path`, `to_json()` and `describe()`.
+
+    The graph is checked (`Graph.check`) as the result is made, so no pass can hand on a
+    graph whose references, order or Sequential chains it broke."""
+
+    def __new__(
+        cls, graph: Graph, changes: list[Any], kept: list[Kept], notices: list[str]
+    ) -> PassResult:
+        graph.check()
+        return super().__new__(cls, graph, changes, kept, notices)

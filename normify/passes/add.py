@@ -34,6 +34,7 @@ from normify.graph import (
     map_leaves,
     node_id,
 )
+from normify.keras_internals import inbound_nodes
 from normify.passes import Kept, PassResult
 from normify.passes.edit import Editor, output_refs
 from normify.rules import IN_CELL, Decision, Rules
@@ -335,9 +336,9 @@ def _group_count(spec: LayerSpec, axis: int) -> int | None:
     """Groups for a GroupNormalization after this layer: the largest divisor of its channel
     count that is at most 32. Known only for graphs built from a live model (a plan read
     from a file shows None: chosen when the model is built)."""
-    if spec.obj is None or not getattr(spec.obj, "_inbound_nodes", None):
+    if spec.obj is None or not inbound_nodes(spec.obj):
         return None
-    channels = spec.obj._inbound_nodes[0].output_tensors[0].shape[axis]
+    channels = inbound_nodes(spec.obj)[0].output_tensors[0].shape[axis]
     return norms.largest_group_count(int(channels)) if channels else None
 
 
