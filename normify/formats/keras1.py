@@ -166,54 +166,51 @@ TRAINING_ONLY = {
 
 
 def arguments(site: Site, context: Context) -> None:
-    """Keras 1 argument names and values -> Keras 2's (the legacy interfaces' renames)."""
+    """Keras 1 argument names and values -> Keras 2's (the legacy interfaces' renames),
+    reported in one notice per layer."""
     class_name = str(site.class_name)
     config = site.config
-    renames = RENAMES.get(class_name, {})
-    for old, new in renames.items():
+    renamed: list[str] = []
+    dropped: list[str] = []
+    for old, new in RENAMES.get(class_name, {}).items():
         if old not in config:
             continue
         value = config.pop(old)
+        written = value
         if new == "data_format":
             value = _data_format(site, context, value)
         if new == "padding":
             value = _padding(site, context, value)
-        if old == "subsample_length":
-            value = [value] if isinstance(value, int) else value
+        if old == "subsample_length" and isinstance(value, int):
+            value = [value]
         config[new] = value
-        context.repaired("keras1-argument", site.path, f"{old}={short(value)} -> {new}")
+        renamed.append(
+            f"{old} -> {new}"
+            if value == written
+            else f"{old}={short(written)} -> {new}={short(value)}"
+        )
     if class_name == "Conv2DTranspose" and "output_shape" in config:
         shape = config.pop("output_shape")
-        context.repaired(
-            "keras1-argument",
-            site.path,
-            f"dropped output_shape {shape_text(shape)} (Keras 2 infers it from the input)",
-        )
+        dropped.append(f"output_shape {shape_text(shape)} (Keras 2 infers it from the input)")
     if class_name in ("Conv2D", "Conv3D", "Conv2DTranspose", "SeparableConv2D", "ConvLSTM2D"):
-        _kernel_size(site, context)
+        renamed += _kernel_size(config)
     if class_name == "SeparableConv2D" and "init" in config:
         init = config.pop("init")
         config["depthwise_initializer"] = config["pointwise_initializer"] = init
-        context.repaired(
-            "keras1-argument",
-            site.path,
-            f"init={short(init)} -> depthwise_initializer, pointwise_initializer",
-        )
+        renamed.append("init -> depthwise_initializer, pointwise_initializer")
     for key, why in TRAINING_ONLY.items():
         if key in config and (key != "dropout" or class_name == "Embedding"):
-            value = config.pop(key)
-            context.repaired("keras1-argument", site.path, f"dropped {key}={short(value)} ({why})")
+            dropped.append(f"{key}={short(config.pop(key))} ({why})")
     if class_name != "Embedding":
         for key in ("input_dim", "input_length"):
             if key in config:
                 value = config.pop(key)
                 if value is not None:
-                    context.repaired(
-                        "keras1-argument",
-                        site.path,
-                        f"dropped {key}={short(value)} (the input shape gives it)",
-                    )
-    _objects(site, context)
+                    dropped.append(f"{key}={short(value)} (the input shape gives it)")
+    renamed += _objects(config)
+    parts = renamed + [f"dropped {text}" for text in dropped]
+    if parts:
+        context.repaired("keras1-argument", site.path, "; ".join(parts))
 
 
 def _data_format(site: Site, context: Context, value: Any) -> Any:
@@ -233,16 +230,14 @@ def _padding(site: Site, context: Context, value: Any) -> Any:
     )
 
 
-def _kernel_size(site: Site, context: Context) -> None:
-    config = site.config
-    keys = ("nb_row", "nb_col") if "nb_row" in config else ()
+def _kernel_size(config: dict[str, Any]) -> list[str]:
+    keys: tuple[str, ...] = ("nb_row", "nb_col") if "nb_row" in config else ()
     if not keys and "kernel_dim1" in config:
         keys = ("kernel_dim1", "kernel_dim2", "kernel_dim3")
     if not keys:
-        return
-    size = [config.pop(key) for key in keys]
-    config["kernel_size"] = size
-    context.repaired("keras1-argument", site.path, f"{'/'.join(keys)} {size} -> kernel_size")
+        return []
+    config["kernel_size"] = [config.pop(key) for key in keys]
+    return [f"{'/'.join(keys)} -> kernel_size {config['kernel_size']}"]
 
 
 # Keras 1 wrote regularizers and constraints as {"name": class, arguments...}.
@@ -253,8 +248,10 @@ CONSTRAINTS = {
 }
 
 
-def _objects(site: Site, context: Context) -> None:
-    config = site.config
+def _objects(config: dict[str, Any]) -> list[str]:
+    """Keras 1 regularizer and constraint configs -> Keras 2's; those without one are
+    dropped (they shape training, not what the layer computes)."""
+    texts = []
     for key in list(config):
         value = config[key]
         if not (key.endswith(("_regularizer", "_constraint")) and isinstance(value, dict)):
@@ -265,18 +262,17 @@ def _objects(site: Site, context: Context) -> None:
         if key.endswith("_regularizer") and name in ("WeightRegularizer", "ActivityRegularizer"):
             l1, l2 = float(value.get("l1", 0.0)), float(value.get("l2", 0.0))
             config[key] = {"class_name": "L1L2", "config": {"l1": l1, "l2": l2}}
-            context.repaired("keras1-argument", site.path, f"{key} {name} -> L1L2({l1}, {l2})")
+            texts.append(f"{key} {name} -> L1L2(l1={l1}, l2={l2})")
         elif key.endswith("_constraint") and name in CONSTRAINTS:
             inner = {new: value[old] for old, new in CONSTRAINTS[name].items() if old in value}
             config[key] = {"class_name": name, "config": inner}
-            context.repaired("keras1-argument", site.path, f"{key} {name} -> Keras 2's {name}")
+            texts.append(
+                f"{key} {name} -> {name}({', '.join(f'{k}={v}' for k, v in inner.items())})"
+            )
         else:
             config[key] = None
-            context.repaired(
-                "keras1-argument",
-                site.path,
-                f"dropped {key} {short(name)} (it shapes training only; no Keras 3 equivalent)",
-            )
+            texts.append(f"dropped {key} {short(name)} (it shapes training only)")
+    return texts
 
 
 def batchnorm_mode(site: Site, context: Context) -> None:
