@@ -121,6 +121,10 @@ class _TrainingTranslator:
         if cls.__name__ != written:
             self.note(f"optimizer {written} -> {cls.__name__}")
         config = dict(optimizer.get("config") or {})
+        if "lr" in config and "learning_rate" not in config:
+            # Keras 1 and Keras 2.0 to 2.2 called the learning rate `lr`
+            config["learning_rate"] = config.pop("lr")
+            self.note(f"optimizer {cls.__name__}: lr -> learning_rate")
         self._drop_optimizer_arguments(config, cls)
         config["learning_rate"] = self._schedule(config.get("learning_rate"))
         return _serialized("keras.optimizers", cls.__name__, config)
