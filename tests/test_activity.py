@@ -195,10 +195,10 @@ def test_cli_json_and_table(tmp_path: Path):
 def test_cli_bad_data_is_one_line(tmp_path: Path):
     data = tmp_path / "x.npz"
     np.savez(data, features=np.zeros((4, 3), "float32"))
+    argv = ["audit", str(FIXTURES / "mlp.keras"), "--data", str(data)]
     completed = subprocess.run(
-        [sys.executable, "-m", "normify", "audit", str(FIXTURES / "mlp.keras"), "--data", str(data)],
-        capture_output=True, text=True,
-    )  # fmt: skip
+        [sys.executable, "-m", "normify", *argv], capture_output=True, text=True
+    )
     assert completed.returncode == 2
     lines = completed.stderr.strip().splitlines()
     assert len(lines) == 1 and "input 'features'" in lines[0] and str(data) in lines[0]
