@@ -286,7 +286,8 @@ def audit(
         raise NormifyError("--compare needs --graph FILE")
     if as_json:
         payload = report.to_json()
-        payload["config"] = label
+        if label:
+            payload["config"] = label
         if required:
             payload["violations"] = [v.__dict__ for v in violations]
         if picture is not None:
@@ -327,7 +328,14 @@ def _console() -> Any:
 def _single_model(models: tuple[str, ...]) -> bool:
     import glob
 
-    return len(models) == 1 and not glob.has_magic(models[0]) and not Path(models[0]).is_dir()
+    from normify.files import MODEL_SUFFIXES
+
+    if len(models) != 1 or glob.has_magic(models[0]):
+        return False
+    path = Path(models[0])
+    # a folder of models is audited model by model; any other folder (a SavedModel) is
+    # refused as a model, saying what it is
+    return not path.is_dir() or not any(p.suffix.lower() in MODEL_SUFFIXES for p in path.rglob("*"))
 
 
 def _audit_several(
