@@ -372,7 +372,7 @@ def to_svg(picture: Picture) -> str:
         '<defs><marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" '
         'markerWidth="7" markerHeight="7" orient="auto-start-reverse">'
         '<path d="M 0 0 L 10 5 L 0 10 z" fill="#555"/></marker></defs>',
-        f'<rect width="100%" height="100%" fill="#ffffff"/>',
+        '<rect width="100%" height="100%" fill="#ffffff"/>',
         f'<text x="{MARGIN}" y="{MARGIN + 12}" font-size="14" font-weight="bold">'
         f"{escape(picture.title)}</text>",
     ]
