@@ -155,7 +155,7 @@ def test_png_shows_the_state_colours(tmp_path: Path) -> None:
         x, y, w, h = nodes[name]["box"]
         # a pixel inside the box, left of its text
         pixel = image.getpixel((int((x + 3) * scale), int((y + h / 2) * scale)))
-        assert "#%02x%02x%02x" % pixel == nodes[name]["fill"], name
+        assert "#{:02x}{:02x}{:02x}".format(*pixel) == nodes[name]["fill"], name
     assert {nodes[n]["state"] for n in ("conv2d", "conv2d_1", "conv2d_2")} == {
         "pre", "post", "unnormalized"
     }  # fmt: skip
