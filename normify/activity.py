@@ -369,7 +369,9 @@ def render_activity(report: ActivityReport, console: Any) -> None:
     if growth is not None:
         console.print(f"scale from the first layer to the last: {growth:.3g}x")
     if report.batchnorms:
-        gaps = Table(title="BatchNormalization: moving statistics against the data's")
+        gaps = Table(
+            title="BatchNormalization: moving statistics against the data's", title_justify="left"
+        )
         for column in ("layer", "mean shift (moving std)", "variance ratio", "hint"):
             gaps.add_column(
                 column, justify="right" if "shift" in column or "ratio" in column else "left"

@@ -61,8 +61,14 @@ class Policy:
     strict: bool | None = None
 
     def describe(self) -> str:
-        """Where the policy comes from, as the reports say it."""
-        return f"{self.path} {self.table}".rstrip()
+        """Where the policy comes from, as the reports say it (relative to the current
+        folder when it lies under it)."""
+        path = self.path
+        try:
+            path = path.resolve().relative_to(Path.cwd().resolve())
+        except ValueError:
+            pass
+        return f"{path} {self.table}".rstrip()
 
 
 def find_policy(start: str | os.PathLike[str] | None = None) -> Policy | None:
