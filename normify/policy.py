@@ -63,12 +63,7 @@ class Policy:
     def describe(self) -> str:
         """Where the policy comes from, as the reports say it (relative to the current
         folder when it lies under it)."""
-        path = self.path
-        try:
-            path = path.resolve().relative_to(Path.cwd().resolve())
-        except ValueError:
-            pass
-        return f"{path} {self.table}".rstrip()
+        return f"{_relative(self.path)} {self.table}".rstrip()
 
 
 def find_policy(start: str | os.PathLike[str] | None = None) -> Policy | None:
@@ -108,7 +103,16 @@ def _read_text(path: Path) -> str:
         raise PolicyError(f"cannot read the policy file ({error})", path) from None
 
 
+def _relative(path: Path) -> Path:
+    """`path` relative to the current folder when it lies under it (as reports show it)."""
+    try:
+        return path.resolve().relative_to(Path.cwd().resolve())
+    except ValueError:
+        return path
+
+
 def _policy_from_text(path: Path, text: str) -> Policy | None:
+    path = _relative(path)
     try:
         import tomllib
     except ModuleNotFoundError:  # Python 3.10
