@@ -11,7 +11,7 @@ DEMO_OUT := build/demo
 $(BIN)/normify: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[tensorflow,test]"
+	$(BIN)/pip install --quiet -e ".[tensorflow,test,examples]"
 	touch $(BIN)/normify
 
 install: $(BIN)/normify
