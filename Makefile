@@ -6,12 +6,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 DEMO_OUT := build/demo
 
-.PHONY: demo test install lint clean
+.PHONY: demo test install lint clean pictures
 
 $(BIN)/normify: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[tensorflow,test]"
+	$(BIN)/pip install --quiet -e ".[tensorflow,test,examples]"
 	touch $(BIN)/normify
 
 install: $(BIN)/normify
@@ -21,6 +21,13 @@ demo: install
 	$(BIN)/normify audit fixtures/cnn.keras
 	$(BIN)/normify add fixtures/cnn.keras -o $(DEMO_OUT)/cnn.normified.keras --force
 	$(BIN)/normify audit $(DEMO_OUT)/cnn.normified.keras --require conv=batchnorm --require dense=batchnorm
+
+# The pictures the README embeds, made by normify from the fixtures.
+pictures: install
+	mkdir -p docs build/pictures
+	$(BIN)/normify audit fixtures/nested.keras --graph docs/nested.svg
+	$(BIN)/normify add fixtures/nested.keras -o build/pictures/nested.normified.keras --force
+	$(BIN)/normify audit build/pictures/nested.normified.keras --compare fixtures/nested.keras --graph docs/nested.normified.svg
 
 lint: install
 	$(BIN)/ruff check normify tests benchmarks fixtures scripts

@@ -20,7 +20,7 @@ from typing import Any
 
 from normify import files, kinds
 from normify import graph as graphs
-from normify.audit import AuditReport, audit_graph
+from normify.audit import AuditReport, ModelAudit, MultiAudit, audit_graph
 from normify.errors import ModelLoadError, NormifyError, UnsupportedModelError
 from normify.flow import build_flow
 from normify.formats import Origin
@@ -49,6 +49,10 @@ def audit(
     custom_objects: dict[str, Any] | None = None,
     load: bool = False,
     safe_mode: bool = True,
+    data: Any = None,
+    batch_size: int = 64,
+    max_samples: int = 1024,
+    quiet: bool = True,
 ) -> AuditReport:
     """Audit which dense, conv and recurrent layers are normalized, by what, and where.
 
@@ -56,7 +60,18 @@ def audit(
     `load`, the model is loaded with Keras and its live graph audited: what a library's
     Functional subclass (keras-hub) shows only once built. A library model audited from
     its config alone is refused with what to do instead of an empty table.
+
+    With `data` (a path to an `.npz`/`.npy`, arrays, a dict of arrays or an iterable of
+    batches), the data also runs through the model and `report.activity` holds, for every
+    dense, conv and recurrent layer, its activation statistics, dead and saturated units,
+    the scale across depth and a hint, and for every BatchNormalization the gap between
+    its moving statistics and the data's (`normify.activity`).
     """
+    if data is not None:
+        return _audit_with_data(
+            model_or_path, data, batch_size, max_samples, quiet, safe_mode, custom_objects,
+            load,
+        )  # fmt: skip
     if isinstance(model_or_path, (str, os.PathLike)):
         path = Path(model_or_path)
         if load:
@@ -72,6 +87,70 @@ def audit(
             )
         return audit_graph(graph, model_name=str(path))
     return audit_graph(graphs.from_model(model_or_path, flatten=load))
+
+
+def audit_files(
+    patterns: Iterable[str | os.PathLike[str]],
+    *,
+    require: dict[str, str] | None = None,
+    strict: bool = False,
+    config: str | None = None,
+) -> MultiAudit:
+    """Audit every model that `patterns` name (files, folders searched for `.keras` and
+    `.h5` files, glob patterns) against one policy, from their configs alone. A model that
+    cannot be read is an entry with its error, not the end of the audit."""
+    audits = []
+    for path in files.find_models(patterns):
+        try:
+            report = audit(path)
+        except NormifyError as error:
+            audits.append(ModelAudit(str(path), None, error=_without_path(error, path)))
+            continue
+        violations = report.violations(require or {}, strict=strict)
+        if require and report.opaque and not report.rows:
+            message = f"its layers cannot be read ({report.opaque[0]['reason']})"
+            audits.append(ModelAudit(str(path), report, error=message))
+            continue
+        audits.append(ModelAudit(str(path), report, violations))
+    return MultiAudit(audits, dict(require or {}), strict, config)
+
+
+def _without_path(error: NormifyError, path: Path) -> str:
+    text = str(error)
+    prefix = f"{path}: "
+    return text[len(prefix) :] if text.startswith(prefix) else text
+
+
+def _audit_with_data(
+    model_or_path: ModelOrPath,
+    data: Any,
+    batch_size: int,
+    max_samples: int,
+    quiet: bool,
+    safe_mode: bool,
+    custom_objects: dict[str, Any] | None,
+    load: bool,
+) -> AuditReport:
+    """The audit of the live model, with the activity the data shows inside it."""
+    from normify.activity import measure
+
+    if isinstance(model_or_path, (str, os.PathLike)):
+        from normify.loading import load_model
+
+        model = load_model(model_or_path, safe_mode=safe_mode, custom_objects=custom_objects).model
+        name, flatten = str(model_or_path), True
+    else:
+        model, name, flatten = model_or_path, None, load
+    graph = graphs.from_model(model, flatten=flatten)
+    report = audit_graph(graph, model_name=name)
+    calibration = _calibration_data(
+        data, model, batch_size, max_samples, quiet, "passing data through the model"
+    )
+    assert calibration is not None
+    report.activity = measure(
+        model, graph, report.rows, calibration.batches, calibration.data.samples
+    )
+    return report
 
 
 def plan(
@@ -793,6 +872,7 @@ __all__ = [
     "VerifyReport",
     "add",
     "audit",
+    "audit_files",
     "fold",
     "plan",
     "plan_fold",

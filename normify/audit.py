@@ -59,6 +59,9 @@ class AuditReport:
     rows: list[AuditRow]
     norm_layers: dict[str, int]
     opaque: list[dict[str, str]] = field(default_factory=list)
+    activity: Any = None  # normify.activity.ActivityReport, with data (`audit(data=...)`)
+    config: str | None = None  # the policy file whose rules were applied, if any
+    graph: Graph | None = field(default=None, repr=False, compare=False)  # what was audited
 
     @property
     def summary(self) -> dict[str, dict[str, int]]:
@@ -75,7 +78,17 @@ class AuditReport:
             "summary": self.summary,
             "norm_layers": dict(self.norm_layers),
             "opaque": list(self.opaque),
+            **({"activity": self.activity.to_json()} if self.activity is not None else {}),
         }
+
+    def to_graph(self, path: str | Any, compare: AuditReport | None = None) -> Any:
+        """Draw the audited layer graph to `path` (`.svg`, `.png` or `.dot`), each dense,
+        conv and recurrent layer coloured by its state; with `compare` (the audit of the
+        original model), what was inserted, changed or removed is marked. Returns the path
+        written (`normify.picture`)."""
+        from normify.picture import write_picture
+
+        return write_picture(self, path, compare=compare)
 
     def violations(self, requirements: dict[str, str], strict: bool = False) -> list[Violation]:
         """Rows that break `requirements` (kind -> norm short name or `any`).
@@ -101,6 +114,7 @@ class AuditReport:
 def audit_graph(graph: Graph, model_name: str | None = None) -> AuditReport:
     flow = build_flow(graph)
     return AuditReport(
+        graph=graph,
         model=model_name or graph.name,
         rows=audit_rows(graph, flow),
         norm_layers=_norm_layer_counts(graph),
@@ -230,3 +244,77 @@ def render_table(report: AuditReport, console: Any) -> None:
         console.print("norm layers: none")
     for part in report.opaque:
         console.print(f"opaque: {part['path']} ({part['class']}): {part['reason']}")
+
+
+# ------------------------------------------------------------------- several models
+
+
+@dataclass
+class ModelAudit:
+    """One model of a multi-model audit: its report and violations, or the error."""
+
+    model: str
+    report: AuditReport | None
+    violations: list[Violation] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def status(self) -> str:
+        if self.error is not None:
+            return "error"
+        return "violations" if self.violations else "ok"
+
+    def to_json(self) -> dict[str, Any]:
+        payload: dict[str, Any] = {"model": self.model, "status": self.status}
+        if self.report is not None:
+            payload.update(self.report.to_json())
+            payload["violations"] = [v.__dict__ for v in self.violations]
+        if self.error is not None:
+            payload["error"] = self.error
+        return payload
+
+
+@dataclass
+class MultiAudit:
+    """The audit of several models against one policy."""
+
+    audits: list[ModelAudit]
+    requirements: dict[str, str]
+    strict: bool
+    config: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        return all(audit.status == "ok" for audit in self.audits)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "models": [audit.to_json() for audit in self.audits],
+            "require": dict(self.requirements),
+            "strict": self.strict,
+            "config": self.config,
+            "passed": self.passed,
+        }
+
+
+def render_summary_table(multi: MultiAudit, console: Any) -> None:
+    """One row per model: normalized counts per kind, norm layers, violations, status."""
+    from rich.table import Table
+
+    table = Table(title=f"normify audit: {len(multi.audits)} models", title_justify="left")
+    for column in ("model", "dense", "conv", "rnn", "norm layers", "violations", "status"):
+        table.add_column(column, justify="right" if column in ("violations",) else "left")
+    for audit in multi.audits:
+        if audit.report is None:
+            table.add_row(audit.model, "", "", "", "", "", f"error: {audit.error}")
+            continue
+        counts = [
+            f"{c['normalized']}/{c['total']}" if c["total"] else "-"
+            for c in audit.report.summary.values()
+        ]
+        norms = sum(audit.report.norm_layers.values())
+        table.add_row(
+            audit.model, *counts, str(norms), str(len(audit.violations)) if multi.requirements
+            else "-", audit.status,
+        )  # fmt: skip
+    console.print(table)

@@ -28,7 +28,6 @@ EXIT_ERROR = 2
 NORM_CHOICE = click.Choice([*kinds.INSERTABLE_NORMS, "none"])
 RNN_NORM_CHOICE = click.Choice([*kinds.INSERTABLE_NORMS, kinds.LAYERNORM_CELL, "none"])
 SWAP_CHOICE = click.Choice(kinds.INSERTABLE_NORMS)
-REQUIRE_NORMS = (*kinds.NORM_NAMES, kinds.LAYERNORM_CELL, "any")
 
 
 def _fail(message: str) -> None:
@@ -79,21 +78,10 @@ def main() -> None:
 # ---------------------------------------------------------------------------- audit
 
 
-def _parse_requirements(values: tuple[str, ...]) -> dict[str, str]:
-    requirements = {}
-    for value in values:
-        kind, separator, norm = value.partition("=")
-        if not separator or kind not in ("dense", "conv", "rnn") or norm not in REQUIRE_NORMS:
-            raise NormifyError(
-                f"--require {value!r}: expected KIND=NORM with KIND one of dense, conv, rnn "
-                f"and NORM one of {', '.join(REQUIRE_NORMS)}"
-            )
-        if norm == kinds.LAYERNORM_CELL and kind != "rnn":
-            raise NormifyError(
-                f"--require {value!r}: {kinds.LAYERNORM_CELL} applies to rnn layers only"
-            )
-        requirements[kind] = norm
-    return requirements
+def _policy(config: Path | None, no_config: bool) -> Any:
+    from normify.policy import resolve_policy
+
+    return resolve_policy(config, no_config)
 
 
 # ------------------------------------------------------------------ shared options
@@ -168,48 +156,119 @@ LOADING_OPTIONS = _options(
 )
 
 
+POLICY_OPTIONS = _options(
+    click.option(
+        "--config",
+        type=click.Path(path_type=Path),
+        metavar="FILE",
+        help="Policy file to apply (a normify.toml, or a pyproject.toml with [tool.normify]) "
+        "[default: the first found from the current folder up to the repository root].",
+    ),
+    click.option("--no-config", is_flag=True, help="Ignore any policy file."),
+)
+
+
 @main.command()
-@click.argument("model", type=click.Path(path_type=Path))
+@click.argument("models", nargs=-1, required=True, metavar="MODEL...")
 @click.option("--json", "as_json", is_flag=True, help="Print the audit as one JSON object.")
 @click.option(
     "--require",
     "requirements",
     multiple=True,
     metavar="KIND=NORM",
-    help="Policy to enforce, e.g. dense=batchnorm or rnn=any (repeatable). "
-    "Exit 1 and list the violating layers when the model breaks it.",
+    help="Policy to enforce, e.g. dense=batchnorm or rnn=any (repeatable; overrides the "
+    "policy file's require per kind). Exit 1 and list the violating layers when a model "
+    "breaks it.",
 )
-@click.option("--strict", is_flag=True, help="Do not exempt output layers from --require.")
+@click.option(
+    "--strict/--no-strict",
+    default=None,
+    help="Do not exempt output layers from --require [default: the policy file's, else no].",
+)
 @click.option(
     "--load",
     is_flag=True,
     help="Load the model with Keras and audit its live graph (a library's model "
     "subclass, such as a keras-hub backbone, shows its layers only once built).",
 )
+@click.option(
+    "--data",
+    type=click.Path(path_type=Path),
+    help="Run this data through the model (.npz with one array per input, or .npy) and "
+    "report activation statistics, dead and saturated units, scale by depth, "
+    "BatchNormalization gaps and where a norm would help.",
+)
+@click.option("--batch-size", type=int, default=64, show_default=True, help="Samples per batch.")
+@click.option(
+    "--max-samples", type=int, default=1024, show_default=True, help="Use at most this many."
+)
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option(
+    "--graph",
+    "graph_path",
+    type=click.Path(path_type=Path),
+    metavar="FILE.svg|.png|.dot",
+    help="Draw the layer graph, coloured by normalization state.",
+)
+@click.option(
+    "--compare",
+    type=click.Path(path_type=Path),
+    metavar="ORIGINAL",
+    help="With --graph: mark what differs from ORIGINAL (inserted, changed, removed layers).",
+)
+@POLICY_OPTIONS
 @LOADING_OPTIONS
 @reports_errors
 def audit(
-    model: Path,
+    models: tuple[str, ...],
     as_json: bool,
     requirements: tuple[str, ...],
-    strict: bool,
+    strict: bool | None,
     load: bool,
+    data: Path | None,
+    batch_size: int,
+    max_samples: int,
+    quiet: bool,
+    graph_path: Path | None,
+    compare: Path | None,
+    config: Path | None,
+    no_config: bool,
     unsafe: bool,
     custom_object_files: tuple[Path, ...],
 ) -> None:
     """Report which dense, conv and recurrent layers are normalized, by what, and where.
 
-    Reads only the model's config (no TensorFlow is imported), unless --load.
+    MODEL is a .keras or .h5 file, a folder (searched for them) or a glob pattern; with
+    several models, one summary table is printed and the exit code is 1 when any model
+    breaks the policy. Reads only the models' configs (no TensorFlow is imported),
+    unless --load or --data. The policy comes from [tool.normify] in pyproject.toml or
+    from normify.toml (see --config, --no-config); flags override it.
     """
+    from normify.policy import parse_requirements
+
+    policy = _policy(config, no_config)
+    required = {**(policy.require if policy else {}), **parse_requirements(requirements)}
+    if strict is None:
+        strict = bool(policy and policy.strict)
+    label = policy.describe() if policy else None
+    if not _single_model(models):
+        if data or graph_path or compare or load:
+            raise NormifyError("--data, --graph, --compare and --load take one model")
+        _audit_several(models, required, strict, label, as_json)
+        return
+    model = Path(models[0])
     from normify.api import audit as run_audit
 
-    required = _parse_requirements(requirements)
-    if load:
+    if load or data is not None:
         loading = _loading(unsafe, custom_object_files)
         with _backend_outside_collections():
-            report = run_audit(model, load=True, **loading)
+            report = run_audit(
+                model, load=load, data=data, batch_size=batch_size, max_samples=max_samples,
+                quiet=quiet, **loading,
+            )  # fmt: skip
     else:
         report = run_audit(model)
+    report.config = label
     violations = report.violations(required, strict=strict)
     if required and report.opaque and not report.rows:
         raise NormifyError(
@@ -217,27 +276,98 @@ def audit(
             f"({report.opaque[0]['reason']})",
             model,
         )
+    picture = None
+    if graph_path is not None:
+        before = run_audit(compare) if compare is not None else None
+        picture = report.to_graph(graph_path, compare=before)
+    elif compare is not None:
+        raise NormifyError("--compare needs --graph FILE")
     if as_json:
         payload = report.to_json()
+        if label:
+            payload["config"] = label
         if required:
             payload["violations"] = [v.__dict__ for v in violations]
+        if picture is not None:
+            payload["graph"] = str(picture)
         click.echo(json.dumps(payload, indent=2))
     else:
-        from rich.console import Console
-
         from normify.audit import render_table
 
-        # Piped output is not wrapped at 80 columns: it is read by tools and CI logs.
-        render_table(report, Console() if sys.stdout.isatty() else Console(width=200))
+        console = _console()
+        render_table(report, console)
+        if report.activity is not None:
+            from normify.activity import render_activity
+
+            render_activity(report.activity, console)
         for violation in violations:
             found = violation.found or "no norm"
             click.echo(
                 f"violation: {violation.path} ({violation.kind}) requires "
                 f"{violation.required}, has {found}"
             )
+        if label:
+            click.echo(f"policy: {label}")
         if required and not violations:
             click.echo("policy satisfied")
+        if picture is not None:
+            click.echo(f"wrote {picture}")
     if violations:
+        sys.exit(EXIT_VIOLATION)
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    # Piped output is not wrapped at 80 columns: it is read by tools and CI logs.
+    return Console() if sys.stdout.isatty() else Console(width=200)
+
+
+def _single_model(models: tuple[str, ...]) -> bool:
+    import glob
+
+    from normify.files import MODEL_SUFFIXES
+
+    if len(models) != 1 or glob.has_magic(models[0]):
+        return False
+    path = Path(models[0])
+    # a folder of models is audited model by model; any other folder (a SavedModel) is
+    # refused as a model, saying what it is
+    return not path.is_dir() or not any(p.suffix.lower() in MODEL_SUFFIXES for p in path.rglob("*"))
+
+
+def _audit_several(
+    models: tuple[str, ...], required: dict[str, str], strict: bool, label: str | None,
+    as_json: bool,
+) -> None:  # fmt: skip
+    from normify.api import audit_files
+
+    multi = audit_files(models, require=required, strict=strict, config=label)
+    if as_json:
+        click.echo(json.dumps(multi.to_json(), indent=2))
+    else:
+        from normify.audit import render_summary_table
+
+        render_summary_table(multi, _console())
+        for entry in multi.audits:
+            for violation in entry.violations:
+                found = violation.found or "no norm"
+                click.echo(
+                    f"violation: {entry.model}: {violation.path} ({violation.kind}) requires "
+                    f"{violation.required}, has {found}"
+                )
+        if label:
+            click.echo(f"policy: {label}")
+        broken = sum(1 for entry in multi.audits if entry.status != "ok")
+        if required or broken:
+            click.echo(
+                f"{len(multi.audits) - broken} of {len(multi.audits)} models pass"
+                if required
+                else f"{broken} of {len(multi.audits)} models could not be read"
+            )
+    if any(entry.status == "error" for entry in multi.audits):
+        sys.exit(EXIT_ERROR)
+    if not multi.passed:
         sys.exit(EXIT_VIOLATION)
 
 
@@ -393,49 +523,50 @@ def _output_and_loading(locals_: dict[str, Any]) -> dict[str, Any]:
 @click.option(
     "--dense",
     type=NORM_CHOICE,
-    default="batchnorm",
-    show_default=True,
-    help="Norm after dense layers.",
+    default=None,
+    help="Norm after dense layers [default: the policy file's, else batchnorm].",
 )
 @click.option(
     "--conv",
     type=NORM_CHOICE,
-    default="batchnorm",
-    show_default=True,
-    help="Norm after convolutional layers.",
+    default=None,
+    help="Norm after convolutional layers [default: the policy file's, else batchnorm].",
 )
 @click.option(
     "--rnn",
     type=RNN_NORM_CHOICE,
-    default="layernorm",
-    show_default=True,
+    default=None,
     help="Norm after recurrent layers (always after their output), or layernorm-cell: "
     "replace LSTM, GRU and SimpleRNN layers by layer-normalized ones (normalization "
-    "inside the cell; loading the result needs normify installed).",
+    "inside the cell; loading the result needs normify installed) [default: the policy "
+    "file's, else layernorm].",
 )
 @click.option(
     "--position",
     type=click.Choice(["pre", "post"]),
-    default="pre",
-    show_default=True,
+    default=None,
     help="For dense and conv layers: between the linear op and its activation "
-    "(pre) or after the activation (post).",
+    "(pre) or after the activation (post) [default: the policy file's, else pre].",
 )
 @SELECTION_OPTIONS
 @click.option(
-    "--include-output", is_flag=True, help="Also normalize layers whose output is a model output."
+    "--include-output/--no-include-output",
+    default=None,
+    help="Also normalize layers whose output is a model output [default: the policy "
+    "file's, else no].",
 )
 @click.option(
     "--init",
     type=click.Choice(["identity", "calibrate", "fresh"]),
-    default="identity",
-    show_default=True,
+    default=None,
     help="identity: exact at inference, no data. calibrate: statistics from --data, an "
     "identity at inference and close to one in training. fresh: gamma 1, beta 0 "
-    "(re-conditions the network; moving statistics from --data when given).",
+    "(re-conditions the network; moving statistics from --data when given) [default: the "
+    "policy file's, else identity].",
 )
 @_data_options(purpose=" (for --init calibrate or fresh, and drift)")
 @_output_options("normified")
+@POLICY_OPTIONS
 @LOADING_OPTIONS
 @click.option(
     "--drift/--no-drift",
@@ -446,14 +577,14 @@ def _output_and_loading(locals_: dict[str, Any]) -> dict[str, Any]:
 @reports_errors
 def add(
     model: Path,
-    dense: str,
-    conv: str,
-    rnn: str,
-    position: str,
+    dense: str | None,
+    conv: str | None,
+    rnn: str | None,
+    position: str | None,
     include: tuple[str, ...],
     exclude: tuple[str, ...],
-    include_output: bool,
-    init: str,
+    include_output: bool | None,
+    init: str | None,
     data: Path | None,
     batch_size: int,
     max_samples: int,
@@ -467,30 +598,72 @@ def add(
     unsafe: bool,
     custom_object_files: tuple[Path, ...],
     flatten: bool,
+    config: Path | None,
+    no_config: bool,
     measure_drift: bool | None,
 ) -> None:
     """Insert norm layers after dense, conv and recurrent layers, keeping every weight.
 
     An inserted BatchNormalization starts as an identity at inference, so the new model
-    predicts what the old one did. The input file is never modified.
+    predicts what the old one did. The input file is never modified. Defaults for the
+    rules come from [tool.normify.add] in pyproject.toml or normify.toml; flags override.
     """
     from normify import api
     from normify.rules import Rules
+
+    policy = _policy(config, no_config)
+    given = {
+        "dense": dense, "conv": conv, "rnn": rnn, "position": position,
+        "include": include or None, "exclude": exclude or None,
+        "include_output": include_output, "init": init,
+    }  # fmt: skip
+    chosen = {**ADD_DEFAULTS, **(policy.add if policy else {})}
+    chosen.update({key: value for key, value in given.items() if value is not None})
+    dense, conv, rnn, position = chosen["dense"], chosen["conv"], chosen["rnn"], chosen["position"]
+    include, exclude = tuple(chosen["include"]), tuple(chosen["exclude"])
+    include_output, init = chosen["include_output"], chosen["init"]
+    policy_notice = (
+        [f"rules from {policy.describe()}: {_describe_add(policy.add)}"]
+        if policy and policy.add
+        else []
+    )
+
+    def noticed(report: Any) -> Any:
+        report.notices[:0] = policy_notice
+        return report
 
     rules = Rules(dense, conv, rnn, position, include, exclude, include_output)
     _rewrite(
         model,
         "normified",
-        plan=lambda: api.plan(model, rules),
-        run=lambda loading: api.add(
+        plan=lambda: noticed(api.plan(model, rules)),
+        run=lambda loading: _with_report(api.add(
             model, dense=dense, conv=conv, rnn=rnn, position=position, include=include,
             exclude=exclude, include_output=include_output, init=init, data=data,
             batch_size=batch_size, max_samples=max_samples, quiet=quiet,
             measure_drift=measure_drift, **loading,
-        ),
+        ), noticed),
         options=_output_and_loading(locals()),
         printer=_print_report,
     )  # fmt: skip
+
+
+ADD_DEFAULTS: dict[str, Any] = {
+    "dense": "batchnorm", "conv": "batchnorm", "rnn": "layernorm", "position": "pre",
+    "include": (), "exclude": (), "include_output": False, "init": "identity",
+}  # fmt: skip
+
+
+def _describe_add(rules: dict[str, Any]) -> str:
+    return ", ".join(
+        f"{key.replace('_', '-')}={','.join(value) if isinstance(value, tuple) else value}"
+        for key, value in rules.items()
+    )
+
+
+def _with_report(result: Any, change: Callable[[Any], Any]) -> Any:
+    change(result.report)
+    return result
 
 
 def _print_report(report: Any, as_json: bool, dry_run: bool) -> None:

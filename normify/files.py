@@ -19,13 +19,13 @@ import struct
 import subprocess
 import sys
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from normify import formats, hdf5
-from normify.errors import ModelLoadError, first_line
+from normify.errors import ModelLoadError, NormifyError, first_line
 from normify.formats import Origin, Translation
 
 KERAS = "keras"
@@ -634,3 +634,33 @@ def count_layers(config: Any) -> int:
         elif isinstance(item, list):
             pending.extend(value for value in item if isinstance(value, (dict, list)))
     return count
+
+
+MODEL_SUFFIXES = (".keras", ".h5", ".hdf5")
+
+
+def find_models(patterns: Iterable[str | os.PathLike[str]]) -> list[Path]:
+    """The model files named by `patterns`: files as they are, folders searched for
+    `.keras` and `.h5` files (recursively), and glob patterns (`models/**/*.keras`)
+    expanded. Sorted within each pattern, duplicates dropped. A pattern that names
+    nothing is refused with one line naming it."""
+    import glob
+
+    found: list[Path] = []
+    for pattern in patterns:
+        text = os.fspath(pattern)
+        path = Path(text)
+        if path.is_dir():
+            matches = sorted(
+                p for p in path.rglob("*") if p.suffix.lower() in MODEL_SUFFIXES and p.is_file()
+            )
+            if not matches:
+                raise NormifyError("folder holds no .keras or .h5 model", path)
+        elif glob.has_magic(text):
+            matches = sorted(Path(p) for p in glob.glob(text, recursive=True) if Path(p).is_file())
+            if not matches:
+                raise NormifyError(f"no model file matches {text!r}")
+        else:
+            matches = [path]
+        found.extend(match for match in matches if match not in found)
+    return found
