@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 DEMO_OUT := build/demo
 
-.PHONY: demo test install lint clean pictures
+.PHONY: demo test test-backend install lint clean pictures
 
 $(BIN)/normify: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,7 +33,21 @@ lint: install
 	$(BIN)/ruff check normify tests benchmarks fixtures scripts
 
 test: install lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2
+
+# The same suite on another Keras backend, in an environment of its own without
+# TensorFlow: `make test-backend BACKEND=jax` or `BACKEND=torch`.
+BACKEND ?= jax
+BACKEND_VENV := .venv-$(BACKEND)
+
+$(BACKEND_VENV)/bin/normify: pyproject.toml
+	$(PYTHON) -m venv $(BACKEND_VENV)
+	$(BACKEND_VENV)/bin/pip install --quiet --upgrade pip
+	$(BACKEND_VENV)/bin/pip install --quiet -e ".[$(BACKEND),test,examples]"
+	touch $(BACKEND_VENV)/bin/normify
+
+test-backend: $(BACKEND_VENV)/bin/normify
+	KERAS_BACKEND=$(BACKEND) $(BACKEND_VENV)/bin/python -m pytest -q -n 2
 
 clean:
-	rm -rf $(VENV) build .pytest_cache
+	rm -rf $(VENV) .venv-jax .venv-torch build .pytest_cache
