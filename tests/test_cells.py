@@ -8,6 +8,7 @@ implementation written from the paper's equations (per-gate statistics).
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -927,3 +928,44 @@ def test_cells_module_is_the_registered_one() -> None:
     assert keras.saving.get_registered_object("normify>LayerNormSimpleRNNCell") is (
         LayerNormSimpleRNNCell
     )
+
+
+# --------------------------------------------------------------------------------------
+# Files saved by the first version of the cells (fixtures/cells_v1, written before the
+# input side moved out of the step loop) load and compute the same function.
+# --------------------------------------------------------------------------------------
+
+CELLS_V1 = Path(__file__).resolve().parent.parent / "fixtures" / "cells_v1"
+CELLS_V1_MANIFEST = json.loads((CELLS_V1 / "manifest.json").read_text())
+
+
+@pytest.mark.parametrize("name", CELLS_V1_MANIFEST["models"])
+def test_models_saved_by_cells_v1_load_and_agree(name: str) -> None:
+    stored = np.load(CELLS_V1 / "cells_v1.npz")
+    x = stored["inputs"]
+
+    def outputs(model: Any, training: bool) -> list[np.ndarray]:
+        result = model(x, training=training)
+        return [keras.ops.convert_to_numpy(v) for v in tree_flatten(result)]
+
+    def compare(actual: list[np.ndarray], prefix: str) -> None:
+        expected = [stored[f"{prefix}/{i}"] for i in range(len(actual))]
+        assert f"{prefix}/{len(actual)}" not in stored
+        for want, got in zip(expected, actual, strict=True):
+            assert got.dtype == want.dtype == np.float32
+            # float32 agreement: 1e-6 relative (and 1e-7 absolute for values near zero).
+            np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+
+    path = CELLS_V1 / f"{name}.keras"
+    if name in CELLS_V1_MANIFEST["training"]:
+        # The first call after a load draws the same seeded dropout masks as in v1.
+        compare(outputs(keras.saving.load_model(path), training=True), f"{name}/training")
+    model = keras.saving.load_model(path)
+    compare(outputs(model, training=False), name)
+    # The config round-trips unchanged through today's classes.
+    clone = keras.Model.from_config(model.get_config())
+    assert clone.get_config() == model.get_config()
+
+
+def tree_flatten(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
