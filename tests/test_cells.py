@@ -953,8 +953,9 @@ def test_models_saved_by_cells_v1_load_and_agree(name: str) -> None:
         assert f"{prefix}/{len(actual)}" not in stored
         for want, got in zip(expected, actual, strict=True):
             assert got.dtype == want.dtype == np.float32
-            # float32 agreement: 1e-6 relative (and 1e-7 absolute for values near zero).
-            np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+            # float32 agreement within 1e-6 of the outputs' scale (a different summation
+            # order moves values near zero by an ulp of the larger ones).
+            assert np.max(np.abs(got - want)) <= 1e-6 * np.max(np.abs(want))
 
     path = CELLS_V1 / f"{name}.keras"
     if name in CELLS_V1_MANIFEST["training"]:
