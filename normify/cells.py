@@ -80,9 +80,13 @@ def _masked_matmul(inputs: Any, kernel: Any, masks: Any) -> Any:
     )
 
 
-def layer_norm(values: Any, gamma: Any, epsilon: float) -> Any:
+def layer_norm(values: Any, gamma: Any, epsilon: float, centered: bool = False) -> Any:
     """Per-gate layer normalization: `values` (..., gates * units), `gamma` (gates, units)
     or, for a single gate, (units,).
+
+    `centered=True` says each gate block of `values` already has mean zero, because it is
+    a product with a kernel whose gate blocks were centered (`center_gates`): then
+    `(v - mean) = v` and the mean is neither computed nor differentiated.
 
     One reshape to (-1, gates, units), one mean and one variance over the last axis,
     `(v - mean) / sqrt(var + epsilon) * gamma`, in float32 when `values` is half precision.
@@ -93,11 +97,24 @@ def layer_norm(values: Any, gamma: Any, epsilon: float) -> Any:
     """
     dtype = keras.backend.standardize_dtype(values.dtype)
     stats_dtype = "float32" if dtype in ("float16", "bfloat16") else dtype
-    result = _layer_norm(ops.cast(values, stats_dtype), ops.cast(gamma, stats_dtype), epsilon)
-    return ops.cast(result, dtype)
+    values, gamma = ops.cast(values, stats_dtype), ops.cast(gamma, stats_dtype)
+    return ops.cast(_layer_norm(values, gamma, epsilon, centered), dtype)
 
 
-def _layer_norm(values: Any, gamma: Any, epsilon: float) -> Any:
+def center_gates(kernel: Any, gates: int) -> Any:
+    """`kernel` (inputs, gates * units) minus, row by row, the mean of each gate block.
+
+    Then `(v·kernel)`'s gate blocks are centered for every `v`:
+    `v·center_gates(K) = v·K - mean_per_gate(v·K)`. Computing this once per call, outside
+    the step loop, takes the mean and its subtraction out of every step.
+    """
+    inputs, columns = kernel.shape
+    grouped = ops.reshape(kernel, (inputs, gates, columns // gates))
+    grouped = grouped - ops.mean(grouped, axis=-1, keepdims=True)
+    return ops.reshape(grouped, (inputs, columns))
+
+
+def _layer_norm(values: Any, gamma: Any, epsilon: float, centered: bool) -> Any:
     # One gate (gamma of shape (units,)) needs no reshape: the statistics are over the
     # last axis as it is.
     grouped_shape = None if len(gamma.shape) == 1 else (-1, *gamma.shape)
@@ -106,9 +123,10 @@ def _layer_norm(values: Any, gamma: Any, epsilon: float) -> Any:
     def normalize(x: Any, g: Any) -> tuple[Any, Any]:
         shape = ops.shape(x)
         grouped = x if grouped_shape is None else ops.reshape(x, grouped_shape)
-        centered = grouped - ops.mean(grouped, axis=-1, keepdims=True)
-        inverse = ops.rsqrt(ops.mean(ops.square(centered), axis=-1, keepdims=True) + epsilon)
-        normalized = centered * inverse
+        if not centered:
+            grouped = grouped - ops.mean(grouped, axis=-1, keepdims=True)
+        inverse = ops.rsqrt(ops.mean(ops.square(grouped), axis=-1, keepdims=True) + epsilon)
+        normalized = grouped * inverse
 
         def grad(*args: Any, upstream: Any = None) -> tuple[Any, Any]:
             if upstream is None:
@@ -116,11 +134,12 @@ def _layer_norm(values: Any, gamma: Any, epsilon: float) -> Any:
             if grouped_shape is not None:
                 upstream = ops.reshape(upstream, grouped_shape)
             d_normalized = upstream * g
-            d_x = inverse * (
-                d_normalized
-                - ops.mean(d_normalized, axis=-1, keepdims=True)
-                - normalized * ops.mean(d_normalized * normalized, axis=-1, keepdims=True)
+            d_x = d_normalized - normalized * ops.mean(
+                d_normalized * normalized, axis=-1, keepdims=True
             )
+            if not centered:
+                d_x = d_x - ops.mean(d_normalized, axis=-1, keepdims=True)
+            d_x = inverse * d_x
             leading = tuple(range(len(upstream.shape) - len(g.shape)))
             d_g = ops.sum(upstream * normalized, axis=leading)
             if grouped_shape is None:
@@ -220,8 +239,9 @@ class _LayerNormCellMixin:
                     if isinstance(masks, (list, tuple))
                     else ops.expand_dims(masks, 1)
                 )
-        projection = _masked_matmul(inputs, self.kernel, masks)
-        projection = layer_norm(projection, self._gamma(self.input_gamma), self.epsilon)
+        kernel = center_gates(ops.convert_to_tensor(self.kernel), self._gates)
+        projection = _masked_matmul(inputs, kernel, masks)
+        projection = layer_norm(projection, self._gamma(self.input_gamma), self.epsilon, True)
         bias = self._input_bias()
         return projection if bias is None else projection + bias
 
@@ -235,15 +255,16 @@ class _LayerNormCellMixin:
         """What the step reads, as tensors: read once per call of the layer, outside the
         step loop, so the loop captures them instead of reading and storing them per step."""
         return {
-            "recurrent_kernel": ops.copy(self.recurrent_kernel),
+            "recurrent_kernel": center_gates(ops.copy(self.recurrent_kernel), self._gates),
             "recurrent_gamma": self._gamma(self.recurrent_gamma),
         }
 
     def _recurrent_side(self, h_tm1: Any, masks: Any, kernel: Any, gamma: Any) -> Any:
-        """`LN(h·U)` for the gate blocks that `kernel` (units, blocks * units) holds."""
+        """`LN(h·U)` for the gate blocks that `kernel` (units, blocks * units, gate-centered)
+        holds."""
         if isinstance(masks, (list, tuple)):
             masks = masks[: gamma.shape[0]]
-        return layer_norm(_masked_matmul(h_tm1, kernel, masks), gamma, self.epsilon)
+        return layer_norm(_masked_matmul(h_tm1, kernel, masks), gamma, self.epsilon, True)
 
     def call(self, inputs: Any, states: Any, training: bool = False) -> Any:
         """One step: the input side, then the recurrence (`normalize=False`: the stock step)."""
@@ -405,9 +426,9 @@ class LayerNormGRUCell(_LayerNormCellMixin, keras.layers.GRUCell):
         # Update and reset gates first; the candidate's term needs r, so it is apart.
         units = self.units
         return {
-            "recurrent_kernel": kernel[:, : 2 * units],
+            "recurrent_kernel": center_gates(kernel[:, : 2 * units], 2),
             "recurrent_gamma": self._gamma(self.recurrent_gamma, 0, 2),
-            "candidate_kernel": kernel[:, 2 * units :],
+            "candidate_kernel": center_gates(kernel[:, 2 * units :], 1),
             "candidate_gamma": self._gamma(self.recurrent_gamma, 2, 1),
         }
 
@@ -435,6 +456,7 @@ class LayerNormGRUCell(_LayerNormCellMixin, keras.layers.GRUCell):
                 ops.matmul(r * h_h, weights["candidate_kernel"]),
                 weights["candidate_gamma"],
                 self.epsilon,
+                centered=True,
             )
         hh = self.activation(x_h + candidate)
         h = z * h_tm1 + (1 - z) * hh
