@@ -970,3 +970,72 @@ def test_models_saved_by_cells_v1_load_and_agree(name: str) -> None:
 
 def tree_flatten(value: Any) -> list[Any]:
     return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+# --------------------------------------------------------------------------------------
+# The layers' hoisted input side (LN(x·W) for every step before the loop) against the
+# cells stepped one by one, and against the NumPy reference in float64.
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", KIND_NAMES)
+def test_hoisted_layer_matches_the_reference_exactly_in_float64(name: str) -> None:
+    # float64 leaves only rounding between the two: the math is the reference's.
+    kind = KINDS[name]
+    x = sequences(seed=21, batch=4, steps=9).astype("float64")
+    layer = kind.ours(UNITS, return_sequences=True, dtype="float64", **kind.kwargs)
+    built(layer, x)
+    randomize(layer, seed=22)
+    outputs = np.asarray(layer(x))
+    weights = named_weights(layer)
+    states = [np.zeros((4, UNITS))] * (2 if name == "lstm" else 1)
+    expected = []
+    for t in range(9):
+        step_output, states = np_step(name, weights, x[:, t], states, 1e-3)
+        expected.append(step_output)
+    np.testing.assert_allclose(outputs, np.stack(expected, axis=1), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"go_backwards": True},
+        {"return_state": True},
+        {"dropout": 0.3, "seed": 5},
+        {"dropout": 0.3, "recurrent_dropout": 0.25, "seed": 6},
+        {"implementation": 1},
+    ],
+    ids=["backwards", "state", "dropout", "both_dropouts", "implementation_1"],
+)
+@pytest.mark.parametrize("name", KIND_NAMES)
+def test_hoisted_layer_equals_the_cell_stepped_by_the_rnn_loop(
+    name: str, options: dict[str, Any]
+) -> None:
+    # RNN(cell) calls the cell once per step (input side included); the drop-in layer
+    # computes the input side for the whole sequence first. Same seeds draw the same
+    # dropout masks, so training outputs agree as well. Unseen shapes, a ragged mask.
+    kind = KINDS[name]
+    x = sequences(seed=31, batch=5, steps=8)
+    mask = np.arange(8)[None, :] < np.array([8, 5, 1, 7, 3])[:, None]
+    implementation = (
+        {"implementation": options["implementation"]} if "implementation" in options else {}
+    )
+    layer_options = {k: v for k, v in options.items() if k not in ("implementation",)}
+    cell_args = {
+        k: v for k, v in layer_options.items() if k in ("dropout", "recurrent_dropout", "seed")
+    }
+    rnn_args = {k: v for k, v in layer_options.items() if k not in cell_args}
+    if name == "simple_rnn":
+        implementation = {}
+    layer = built(
+        kind.ours(UNITS, return_sequences=True, **kind.kwargs, **implementation, **layer_options), x
+    )
+    weights = randomize(layer, seed=32)
+    cell = kind.cell(UNITS, **kind.kwargs, **implementation, **cell_args)
+    stepped = built(keras.layers.RNN(cell, return_sequences=True, **rnn_args), x)
+    stepped.set_weights(weights)
+    for training in (True, False):
+        ours = as_arrays(layer(x, mask=mask, training=training))
+        theirs = as_arrays(stepped(x, mask=mask, training=training))
+        for a, b in zip(ours, theirs, strict=True):
+            assert np.max(np.abs(a - b)) <= 1e-6 * np.max(np.abs(b))
