@@ -119,8 +119,9 @@ def device() -> str:
 
 
 def record_fused_kernels() -> set[str]:
-    """Stock layers whose fused (cuDNN) kernel ran: `backend.lstm`/`gru` calls that returned
-    (they raise NotImplementedError where none fits, and the generic loop runs)."""
+    """Stock layers whose backend kernel ran (cuDNN on a GPU; JAX has a scan-based GRU):
+    `backend.lstm`/`gru` calls that returned (they raise NotImplementedError where none
+    fits, and the generic loop runs)."""
     from keras.src import backend
 
     used: set[str] = set()
@@ -262,7 +263,7 @@ def device_child(repeat: int) -> int:
     rows = [
         f"| {__import__('keras').backend.backend()} | {device()} | {r.stock_name} vs "
         f"{r.normalized_name} | {r.stock.median * 1e3:.2f} | "
-        f"{'cuDNN (fused)' if r.stock_name.upper() in fused else 'generic loop'} | "
+        f"{'backend.' + r.stock_name.lower() if r.stock_name in fused else 'generic loop'} | "
         f"{r.normalized.median * 1e3:.2f} | {statistics.median(r.ratios):.2f}× |"
         for r in results
     ]
