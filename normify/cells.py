@@ -37,6 +37,14 @@ Design, and where it departs from the paper and from TF Addons' (now unmaintaine
   backend's fused (cuDNN) kernels: those cannot compute a normalized cell. So these layers
   always run the generic step loop, and are slower than stock layers on a GPU.
   `use_cudnn` is accepted for drop-in compatibility; `True` is refused.
+- Speed: the drop-in layers compute the input side `LN(x·W) + b` for every time step at
+  once, before the step loop (`_LayerNormRNN.inner_loop`); each step computes only
+  `LN(h·U)` (and the LSTM's `LN(c)`). Input dropout masks are drawn once per sequence,
+  as the step loop does, so the two orders give the same function. The kernels' gate
+  blocks are centered once per call (`center_gates`), so the projections' per-gate means
+  are zero by construction and no step computes one; `layer_norm` has a written-out
+  gradient that keeps two tensors per step. Cells used on their own (`RNN(cell)`,
+  stacked cells) run the same math one step at a time.
 - The layers name their cell like the stock layers do (`lstm_cell`, `gru_cell`,
   `simple_rnn_cell`), so variable paths inside a converted layer match the stock ones.
 """
