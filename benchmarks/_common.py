@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import compileall
-import gc
 import importlib.util
 import json
 import os
@@ -25,11 +24,11 @@ from typing import Any, TypeVar
 
 from _results import RESULTS_PATH, replace_section, usable_cores
 
+T = TypeVar("T")
 DEFAULT_CACHE = Path(__file__).resolve().parent / ".cache"
 MIN_REPEAT = 5  # fewer runs make a median too noisy to judge a target on
 DEFAULT_REPEAT = 7
 
-T = TypeVar("T")
 
 # Run in a child so the benchmark process itself never imports TensorFlow (its threads
 # and memory would otherwise sit beside every measured process).
@@ -187,26 +186,6 @@ def describe_conditions(
     if byte_compiled:
         parts.append("normify's modules were byte-compiled first, as `pip install` does.")
     return " ".join(parts)
-
-
-def timed_call(function: Callable[[], T]) -> tuple[float, T]:
-    """Wall-clock seconds of one in-process call, and its result.
-
-    As `timeit` does, the cyclic garbage collector is run before and kept off during the
-    call: a collection it triggers costs time in proportion to every object alive in the
-    process (all the models a benchmark keeps), which would charge one measurement for
-    the garbage of others and blur how the call itself scales.
-    """
-    gc.collect()
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        start = time.perf_counter()
-        result = function()
-        return time.perf_counter() - start, result
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def peak_rss_run(argv: Sequence[str], env: dict[str, str] | None = None) -> tuple[float, int]:

@@ -37,6 +37,14 @@ Design, and where it departs from the paper and from TF Addons' (now unmaintaine
   backend's fused (cuDNN) kernels: those cannot compute a normalized cell. So these layers
   always run the generic step loop, and are slower than stock layers on a GPU.
   `use_cudnn` is accepted for drop-in compatibility; `True` is refused.
+- Speed: the drop-in layers compute the input side `LN(x·W) + b` for every time step at
+  once, before the step loop (`_LayerNormRNN.inner_loop`); each step computes only
+  `LN(h·U)` (and the LSTM's `LN(c)`). Input dropout masks are drawn once per sequence,
+  as the step loop does, so the two orders give the same function. The kernels' gate
+  blocks are centered once per call (`center_gates`), so the projections' per-gate means
+  are zero by construction and no step computes one; `layer_norm` has a written-out
+  gradient that keeps two tensors per step. Cells used on their own (`RNN(cell)`,
+  stacked cells) run the same math one step at a time.
 - The layers name their cell like the stock layers do (`lstm_cell`, `gru_cell`,
   `simple_rnn_cell`), so variable paths inside a converted layer match the stock ones.
 """
@@ -48,6 +56,10 @@ from typing import Any
 import keras
 from keras import constraints, initializers, ops, regularizers
 
+# The backend's step loop, the one `keras.layers.RNN.inner_loop` runs (keras is pinned to
+# 3.15; there is no public name for it).
+from keras.src import backend as _backend
+
 # The names live in normify.incell, which rewrites configs without importing Keras;
 # NORM_ARGUMENTS and NORM_WEIGHT_NAMES are part of this module's public names too.
 from normify.incell import NORM_ARGUMENTS, NORM_WEIGHT_NAMES  # noqa: F401
@@ -57,6 +69,99 @@ from normify.incell import STOCK_TO_NORMALIZED as _NAMES
 # Cell config keys that belong to the cell as a Layer rather than to the recurrence; the
 # drop-in layers leave them out of their flat config, as the stock layers do.
 _CELL_LAYER_KEYS = ("name", "trainable", "dtype")
+
+
+def _masked_matmul(inputs: Any, kernel: Any, masks: Any) -> Any:
+    """`inputs·kernel`, with dropout masks: none, one for all gates, or one per gate.
+
+    With one mask per gate (the stock `implementation=1`), gate g's block of the kernel
+    multiplies `inputs * masks[g]`; the blocks are concatenated in gate order.
+    """
+    if masks is None:
+        return ops.matmul(inputs, kernel)
+    if not isinstance(masks, (list, tuple)):
+        return ops.matmul(inputs * masks, kernel)
+    blocks = ops.split(kernel, len(masks), axis=1)
+    return ops.concatenate(
+        [ops.matmul(inputs * mask, block) for mask, block in zip(masks, blocks, strict=True)],
+        axis=-1,
+    )
+
+
+def layer_norm(values: Any, gamma: Any, epsilon: float, centered: bool = False) -> Any:
+    """Per-gate layer normalization: `values` (..., gates * units), `gamma` (gates, units)
+    or, for a single gate, (units,).
+
+    `centered=True` says each gate block of `values` already has mean zero, because it is
+    a product with a kernel whose gate blocks were centered (`center_gates`): then
+    `(v - mean) = v` and the mean is neither computed nor differentiated.
+
+    One reshape to (-1, gates, units), one mean and one variance over the last axis,
+    `(v - mean) / sqrt(var + epsilon) * gamma`, in float32 when `values` is half precision.
+    The gradient is written out (the standard layer-norm backward pass) rather than
+    derived op by op: inside a recurrent step loop every intermediate that autodiff keeps
+    is stored per time step, and this form keeps two, the normalized values and the
+    inverse deviation.
+    """
+    dtype = keras.backend.standardize_dtype(values.dtype)
+    stats_dtype = "float32" if dtype in ("float16", "bfloat16") else dtype
+    values, gamma = ops.cast(values, stats_dtype), ops.cast(gamma, stats_dtype)
+    return ops.cast(_layer_norm(values, gamma, epsilon, centered), dtype)
+
+
+def center_gates(kernel: Any, gates: int) -> Any:
+    """`kernel` (inputs, gates * units) minus, row by row, the mean of each gate block.
+
+    Then `(v·kernel)`'s gate blocks are centered for every `v`:
+    `v·center_gates(K) = v·K - mean_per_gate(v·K)`. Computing this once per call, outside
+    the step loop, takes the mean and its subtraction out of every step.
+    """
+    inputs, columns = kernel.shape
+    grouped = ops.reshape(kernel, (inputs, gates, columns // gates))
+    grouped = grouped - ops.mean(grouped, axis=-1, keepdims=True)
+    return ops.reshape(grouped, (inputs, columns))
+
+
+def _layer_norm(values: Any, gamma: Any, epsilon: float, centered: bool) -> Any:
+    # One gate (gamma of shape (units,)) needs no reshape: the statistics are over the
+    # last axis as it is.
+    grouped_shape = None if len(gamma.shape) == 1 else (-1, *gamma.shape)
+
+    @ops.custom_gradient
+    def normalize(x: Any, g: Any) -> tuple[Any, Any]:
+        shape = ops.shape(x)
+        grouped = x if grouped_shape is None else ops.reshape(x, grouped_shape)
+        if not centered:
+            grouped = grouped - ops.mean(grouped, axis=-1, keepdims=True)
+        inverse = ops.rsqrt(ops.mean(ops.square(grouped), axis=-1, keepdims=True) + epsilon)
+        normalized = grouped * inverse
+
+        def grad(*args: Any, upstream: Any = None) -> tuple[Any, Any]:
+            if upstream is None:
+                (upstream,) = args
+            if grouped_shape is not None:
+                upstream = ops.reshape(upstream, grouped_shape)
+            d_normalized = upstream * g
+            d_x = d_normalized - normalized * ops.mean(
+                d_normalized * normalized, axis=-1, keepdims=True
+            )
+            if not centered:
+                d_x = d_x - ops.mean(d_normalized, axis=-1, keepdims=True)
+            d_x = inverse * d_x
+            leading = tuple(range(len(upstream.shape) - len(g.shape)))
+            d_g = ops.sum(upstream * normalized, axis=leading)
+            if grouped_shape is None:
+                return d_x, d_g
+            return ops.reshape(d_x, shape), d_g
+
+        output = normalized * g
+        return (output if grouped_shape is None else ops.reshape(output, shape)), grad
+
+    return normalize(values, gamma)
+
+
+def _gate_mask(masks: Any, gate: int) -> Any:
+    return masks[gate] if isinstance(masks, (list, tuple)) else masks
 
 
 class _LayerNormCellMixin:
@@ -108,31 +213,77 @@ class _LayerNormCellMixin:
         self.input_gamma = self._add_gamma("input_gamma", self._gates * self.units)
         self.recurrent_gamma = self._add_gamma("recurrent_gamma", self._gates * self.units)
 
-    def _norm(self, projection: Any, gamma: Any, blocks: int) -> Any:
-        """Per-gate layer normalization of `projection` (batch, blocks * units).
+    def _gamma(self, gamma: Any, first: int = 0, blocks: int | None = None) -> Any:
+        """Gate blocks first..first+blocks-1 of a gamma: (blocks, units), or (units,)."""
+        blocks = self._gates - first if blocks is None else blocks
+        units = self.units
+        value = ops.copy(gamma)
+        if blocks != self._gates:
+            value = value[first * units : (first + blocks) * units]
+        return value if blocks == 1 else ops.reshape(value, (blocks, units))
 
-        Returns `projection` itself when normalization is off, so the disabled cell runs
-        the stock ops and nothing else.
+    def _dropout_on(self, rate: float, training: bool) -> bool:
+        # The stock LSTM and GRU cells apply a dropout rate only below 1.
+        return bool(training) and 0.0 < rate < 1.0
+
+    def _input_bias(self) -> Any:
+        """The bias added to the normalized input projection (None without a bias)."""
+        return self.bias if self.use_bias else None
+
+    def _input_side(self, inputs: Any, training: bool = False) -> Any:
+        """`LN(x·W) + input bias`: one step (batch, features) or every step at once.
+
+        Over a sequence (batch, time, features) the input dropout masks, drawn once per
+        sequence from its first step as the stock layers do, apply to every time step:
+        exactly what the step loop does with the masks the cell caches.
         """
-        if not self.normalize:
-            return projection
-        dtype = keras.backend.standardize_dtype(projection.dtype)
-        # Half-precision variance loses too much; LayerNormalization does the same.
-        stats_dtype = "float32" if dtype in ("float16", "bfloat16") else dtype
-        values = ops.cast(projection, stats_dtype)
-        if blocks > 1:
-            values = ops.reshape(values, (-1, blocks, self.units))
-        mean, variance = ops.moments(values, axes=[-1], keepdims=True)
-        normalized = (values - mean) * ops.rsqrt(variance + self.epsilon)
-        if blocks > 1:
-            normalized = ops.reshape(normalized, (-1, blocks * self.units))
-        return ops.cast(normalized * ops.cast(gamma, stats_dtype), dtype)
+        masks = None
+        if self._dropout_on(self.dropout, training):
+            first_step = inputs if len(inputs.shape) == 2 else inputs[:, 0, :]
+            masks = self.get_dropout_mask(first_step)
+            if len(inputs.shape) == 3:
+                masks = (
+                    [ops.expand_dims(m, 1) for m in masks]
+                    if isinstance(masks, (list, tuple))
+                    else ops.expand_dims(masks, 1)
+                )
+        kernel = center_gates(ops.convert_to_tensor(self.kernel), self._gates)
+        projection = _masked_matmul(inputs, kernel, masks)
+        projection = layer_norm(projection, self._gamma(self.input_gamma), self.epsilon, True)
+        bias = self._input_bias()
+        return projection if bias is None else projection + bias
 
-    def _gamma_block(self, gamma: Any, index: int, count: int = 1) -> Any:
-        """Gamma for gate blocks index..index+count-1 (None when normalization is off)."""
-        if gamma is None:
+    def _recurrent_masks(self, h_tm1: Any, training: bool) -> Any:
+        """The recurrent dropout mask(s) for this call: None, one tensor or one per gate."""
+        if not self._dropout_on(self.recurrent_dropout, training):
             return None
-        return gamma[index * self.units : (index + count) * self.units]
+        return self.get_recurrent_dropout_mask(h_tm1)
+
+    def _step_weights(self) -> dict[str, Any]:
+        """What the step reads, as tensors: read once per call of the layer, outside the
+        step loop, so the loop captures them instead of reading and storing them per step."""
+        return {
+            "recurrent_kernel": center_gates(ops.copy(self.recurrent_kernel), self._gates),
+            "recurrent_gamma": self._gamma(self.recurrent_gamma),
+        }
+
+    def _recurrent_side(self, h_tm1: Any, masks: Any, kernel: Any, gamma: Any) -> Any:
+        """`LN(h·U)` for the gate blocks that `kernel` (units, blocks * units, gate-centered)
+        holds."""
+        if isinstance(masks, (list, tuple)):
+            masks = masks[: gamma.shape[0]]
+        return layer_norm(_masked_matmul(h_tm1, kernel, masks), gamma, self.epsilon, True)
+
+    def call(self, inputs: Any, states: Any, training: bool = False) -> Any:
+        """One step: the input side, then the recurrence (`normalize=False`: the stock step)."""
+        if not self.normalize:
+            return super().call(inputs, states, training=training)
+        projected = self._input_side(inputs, training)
+        return self._step(projected, states, self._step_weights(), training)
+
+    def _step(self, projected: Any, states: Any, weights: dict[str, Any], training: bool) -> Any:
+        """The recurrence, given this step's `LN(x·W) + input bias` and `_step_weights()`."""
+        raise NotImplementedError
 
     def _norm_config(self) -> dict[str, Any]:
         return {
@@ -200,83 +351,26 @@ class LayerNormLSTMCell(_LayerNormCellMixin, keras.layers.LSTMCell):
                 constraint=self.beta_constraint,
             )
 
-    def _output_candidate(self, c: Any) -> Any:
-        """What the output gate multiplies: `act(c)`, with `c` normalized first if on."""
-        if self.normalize:
-            c = self._norm(c, self.cell_gamma, 1) + ops.cast(self.cell_beta, c.dtype)
-        return self.activation(c)
+    def _step_weights(self) -> dict[str, Any]:
+        return {
+            **super()._step_weights(),
+            "cell_gamma": self._gamma(self.cell_gamma, 0, 1),
+            "cell_beta": ops.copy(self.cell_beta),
+        }
 
-    def call(self, inputs: Any, states: Any, training: bool = False) -> tuple[Any, list[Any]]:
-        # Mirrors keras.layers.LSTMCell.call op for op (both implementations), with the
-        # projections normalized before the bias is added.
-        h_tm1 = states[0]
-        c_tm1 = states[1]
-        units = self.units
-        gamma_x, gamma_h = self.input_gamma, self.recurrent_gamma
-
-        if self.implementation == 1:
-            if training and 0.0 < self.dropout < 1.0:
-                dp_mask = self.get_dropout_mask(inputs)
-                inputs_i = inputs * dp_mask[0]
-                inputs_f = inputs * dp_mask[1]
-                inputs_c = inputs * dp_mask[2]
-                inputs_o = inputs * dp_mask[3]
-            else:
-                inputs_i = inputs_f = inputs_c = inputs_o = inputs
-            k_i, k_f, k_c, k_o = ops.split(self.kernel, 4, axis=1)
-            x_i = self._norm(ops.matmul(inputs_i, k_i), self._gamma_block(gamma_x, 0), 1)
-            x_f = self._norm(ops.matmul(inputs_f, k_f), self._gamma_block(gamma_x, 1), 1)
-            x_c = self._norm(ops.matmul(inputs_c, k_c), self._gamma_block(gamma_x, 2), 1)
-            x_o = self._norm(ops.matmul(inputs_o, k_o), self._gamma_block(gamma_x, 3), 1)
-            if self.use_bias:
-                b_i, b_f, b_c, b_o = ops.split(self.bias, 4, axis=0)
-                x_i += b_i
-                x_f += b_f
-                x_c += b_c
-                x_o += b_o
-
-            if training and 0.0 < self.recurrent_dropout < 1.0:
-                rec_dp_mask = self.get_recurrent_dropout_mask(h_tm1)
-                h_tm1_i = h_tm1 * rec_dp_mask[0]
-                h_tm1_f = h_tm1 * rec_dp_mask[1]
-                h_tm1_c = h_tm1 * rec_dp_mask[2]
-                h_tm1_o = h_tm1 * rec_dp_mask[3]
-            else:
-                h_tm1_i = h_tm1_f = h_tm1_c = h_tm1_o = h_tm1
-            kernel = self.recurrent_kernel
-            r_i = self._norm(
-                ops.matmul(h_tm1_i, kernel[:, :units]), self._gamma_block(gamma_h, 0), 1
-            )
-            r_f = self._norm(
-                ops.matmul(h_tm1_f, kernel[:, units : units * 2]), self._gamma_block(gamma_h, 1), 1
-            )
-            r_c = self._norm(
-                ops.matmul(h_tm1_c, kernel[:, units * 2 : units * 3]),
-                self._gamma_block(gamma_h, 2),
-                1,
-            )
-            r_o = self._norm(
-                ops.matmul(h_tm1_o, kernel[:, units * 3 :]), self._gamma_block(gamma_h, 3), 1
-            )
-            i = self.recurrent_activation(x_i + r_i)
-            f = self.recurrent_activation(x_f + r_f)
-            c = f * c_tm1 + i * self.activation(x_c + r_c)
-            o = self.recurrent_activation(x_o + r_o)
-        else:
-            if training and 0.0 < self.dropout < 1.0:
-                dp_mask = self.get_dropout_mask(inputs)
-                inputs = inputs * dp_mask
-            z = self._norm(ops.matmul(inputs, self.kernel), gamma_x, 4)
-            z = ops.add(z, self._norm(ops.matmul(h_tm1, self.recurrent_kernel), gamma_h, 4))
-            if self.use_bias:
-                z = ops.add(z, self.bias)
-            z0, z1, z2, z3 = ops.split(z, 4, axis=1)
-            i = self.recurrent_activation(z0)
-            f = self.recurrent_activation(z1)
-            c = f * c_tm1 + i * self.activation(z2)
-            o = self.recurrent_activation(z3)
-
-        h = o * self._output_candidate(c)
+    def _step(self, projected: Any, states: Any, weights: dict[str, Any], training: bool) -> Any:
+        h_tm1, c_tm1 = states[0], states[1]
+        masks = self._recurrent_masks(h_tm1, training)
+        z = projected + self._recurrent_side(
+            h_tm1, masks, weights["recurrent_kernel"], weights["recurrent_gamma"]
+        )
+        z_i, z_f, z_c, z_o = ops.split(z, 4, axis=-1)
+        i = self.recurrent_activation(z_i)
+        f = self.recurrent_activation(z_f)
+        c = f * c_tm1 + i * self.activation(z_c)
+        o = self.recurrent_activation(z_o)
+        c_out = layer_norm(c, weights["cell_gamma"], self.epsilon)
+        h = o * self.activation(c_out + ops.cast(weights["cell_beta"], c.dtype))
         return h, [h, c]
 
     def get_config(self) -> dict[str, Any]:
@@ -325,133 +419,56 @@ class LayerNormGRUCell(_LayerNormCellMixin, keras.layers.GRUCell):
         super().build(input_shape)
         self._build_norm_weights()
 
-    def call(self, inputs: Any, states: Any, training: bool = False) -> tuple[Any, Any]:
-        # Mirrors keras.layers.GRUCell.call op for op (both implementations, both
-        # reset_after modes), with every projection normalized before its bias is added.
+    def _input_bias(self) -> Any:
+        if not self.use_bias:
+            return None
+        return self.bias[0] if self.reset_after else self.bias
+
+    def _step_weights(self) -> dict[str, Any]:
+        kernel = ops.copy(self.recurrent_kernel)
+        if self.reset_after:
+            weights = super()._step_weights()
+            if self.use_bias:
+                weights["recurrent_bias"] = ops.copy(self.bias)[1]
+            return weights
+        # Update and reset gates first; the candidate's term needs r, so it is apart.
+        units = self.units
+        return {
+            "recurrent_kernel": center_gates(kernel[:, : 2 * units], 2),
+            "recurrent_gamma": self._gamma(self.recurrent_gamma, 0, 2),
+            "candidate_kernel": center_gates(kernel[:, 2 * units :], 1),
+            "candidate_gamma": self._gamma(self.recurrent_gamma, 2, 1),
+        }
+
+    def _step(self, projected: Any, states: Any, weights: dict[str, Any], training: bool) -> Any:
         nested = isinstance(states, (list, tuple))
         h_tm1 = states[0] if nested else states
-        units = self.units
-        gamma_x, gamma_h = self.input_gamma, self.recurrent_gamma
-
-        if self.use_bias:
-            if not self.reset_after:
-                input_bias, recurrent_bias = self.bias, None
-            else:
-                input_bias, recurrent_bias = (
-                    ops.squeeze(e, axis=0) for e in ops.split(self.bias, self.bias.shape[0], axis=0)
-                )
-
-        if self.implementation == 1:
-            if training and 0.0 < self.dropout < 1.0:
-                dp_mask = self.get_dropout_mask(inputs)
-                inputs_z = inputs * dp_mask[0]
-                inputs_r = inputs * dp_mask[1]
-                inputs_h = inputs * dp_mask[2]
-            else:
-                inputs_z = inputs_r = inputs_h = inputs
-
-            x_z = self._norm(
-                ops.matmul(inputs_z, self.kernel[:, :units]), self._gamma_block(gamma_x, 0), 1
-            )
-            x_r = self._norm(
-                ops.matmul(inputs_r, self.kernel[:, units : units * 2]),
-                self._gamma_block(gamma_x, 1),
-                1,
-            )
-            x_h = self._norm(
-                ops.matmul(inputs_h, self.kernel[:, units * 2 :]), self._gamma_block(gamma_x, 2), 1
-            )
+        masks = self._recurrent_masks(h_tm1, training)
+        x_z, x_r, x_h = ops.split(projected, 3, axis=-1)
+        inner = self._recurrent_side(
+            h_tm1, masks, weights["recurrent_kernel"], weights["recurrent_gamma"]
+        )
+        if self.reset_after:
             if self.use_bias:
-                x_z += input_bias[:units]
-                x_r += input_bias[units : units * 2]
-                x_h += input_bias[units * 2 :]
-
-            if training and 0.0 < self.recurrent_dropout < 1.0:
-                rec_dp_mask = self.get_recurrent_dropout_mask(h_tm1)
-                h_tm1_z = h_tm1 * rec_dp_mask[0]
-                h_tm1_r = h_tm1 * rec_dp_mask[1]
-                h_tm1_h = h_tm1 * rec_dp_mask[2]
-            else:
-                h_tm1_z = h_tm1_r = h_tm1_h = h_tm1
-
-            recurrent_z = self._norm(
-                ops.matmul(h_tm1_z, self.recurrent_kernel[:, :units]),
-                self._gamma_block(gamma_h, 0),
-                1,
-            )
-            recurrent_r = self._norm(
-                ops.matmul(h_tm1_r, self.recurrent_kernel[:, units : units * 2]),
-                self._gamma_block(gamma_h, 1),
-                1,
-            )
-            if self.reset_after and self.use_bias:
-                recurrent_z += recurrent_bias[:units]
-                recurrent_r += recurrent_bias[units : units * 2]
-
-            z = self.recurrent_activation(x_z + recurrent_z)
-            r = self.recurrent_activation(x_r + recurrent_r)
-
-            if self.reset_after:
-                recurrent_h = self._norm(
-                    ops.matmul(h_tm1_h, self.recurrent_kernel[:, units * 2 :]),
-                    self._gamma_block(gamma_h, 2),
-                    1,
-                )
-                if self.use_bias:
-                    recurrent_h += recurrent_bias[units * 2 :]
-                recurrent_h = r * recurrent_h
-            else:
-                recurrent_h = self._norm(
-                    ops.matmul(r * h_tm1_h, self.recurrent_kernel[:, units * 2 :]),
-                    self._gamma_block(gamma_h, 2),
-                    1,
-                )
-
-            hh = self.activation(x_h + recurrent_h)
+                inner = inner + weights["recurrent_bias"]
+            r_z, r_r, r_h = ops.split(inner, 3, axis=-1)
+            z = self.recurrent_activation(x_z + r_z)
+            r = self.recurrent_activation(x_r + r_r)
+            candidate = r * r_h
         else:
-            if training and 0.0 < self.dropout < 1.0:
-                dp_mask = self.get_dropout_mask(inputs)
-                inputs = inputs * dp_mask
-
-            matrix_x = self._norm(ops.matmul(inputs, self.kernel), gamma_x, 3)
-            if self.use_bias:
-                matrix_x = ops.add(matrix_x, input_bias)
-
-            x_z, x_r, x_h = ops.split(matrix_x, 3, axis=-1)
-
-            if self.reset_after:
-                matrix_inner = self._norm(ops.matmul(h_tm1, self.recurrent_kernel), gamma_h, 3)
-                if self.use_bias:
-                    matrix_inner += recurrent_bias
-            else:
-                # Update and reset gates only: the candidate's term needs r first.
-                matrix_inner = self._norm(
-                    ops.matmul(h_tm1, self.recurrent_kernel[:, : 2 * units]),
-                    self._gamma_block(gamma_h, 0, 2),
-                    2,
-                )
-
-            recurrent_z = matrix_inner[:, :units]
-            recurrent_r = matrix_inner[:, units : units * 2]
-            recurrent_h = matrix_inner[:, units * 2 :]
-
-            z = self.recurrent_activation(x_z + recurrent_z)
-            r = self.recurrent_activation(x_r + recurrent_r)
-
-            if self.reset_after:
-                recurrent_h = r * recurrent_h
-            else:
-                recurrent_h = self._norm(
-                    ops.matmul(r * h_tm1, self.recurrent_kernel[:, 2 * units :]),
-                    self._gamma_block(gamma_h, 2),
-                    1,
-                )
-
-            hh = self.activation(x_h + recurrent_h)
-
+            r_z, r_r = ops.split(inner, 2, axis=-1)
+            z = self.recurrent_activation(x_z + r_z)
+            r = self.recurrent_activation(x_r + r_r)
+            h_h = h_tm1 if masks is None else h_tm1 * _gate_mask(masks, 2)
+            candidate = layer_norm(
+                ops.matmul(r * h_h, weights["candidate_kernel"]),
+                weights["candidate_gamma"],
+                self.epsilon,
+                centered=True,
+            )
+        hh = self.activation(x_h + candidate)
         h = z * h_tm1 + (1 - z) * hh
-        new_state = [h] if nested else h
-        return h, new_state
+        return h, [h] if nested else h
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), **self._norm_config()}
@@ -498,29 +515,20 @@ class LayerNormSimpleRNNCell(_LayerNormCellMixin, keras.layers.SimpleRNNCell):
         super().build(input_shape)
         self._build_norm_weights()
 
-    def call(self, sequence: Any, states: Any, training: bool = False) -> tuple[Any, Any]:
-        # Mirrors keras.layers.SimpleRNNCell.call op for op.
+    def _dropout_on(self, rate: float, training: bool) -> bool:
+        # The stock SimpleRNN cell applies any positive rate.
+        return bool(training) and rate > 0.0
+
+    def _step(self, projected: Any, states: Any, weights: dict[str, Any], training: bool) -> Any:
         nested = isinstance(states, (list, tuple))
         prev_output = states[0] if nested else states
-        dp_mask = self.get_dropout_mask(sequence)
-        rec_dp_mask = self.get_recurrent_dropout_mask(prev_output)
-
-        if training and dp_mask is not None:
-            sequence = sequence * dp_mask
-        h = self._norm(ops.matmul(sequence, self.kernel), self.input_gamma, 1)
-        if self.bias is not None:
-            h = ops.add(h, self.bias)
-
-        if training and rec_dp_mask is not None:
-            prev_output = prev_output * rec_dp_mask
-        output = h + self._norm(
-            ops.matmul(prev_output, self.recurrent_kernel), self.recurrent_gamma, 1
+        masks = self._recurrent_masks(prev_output, training)
+        output = projected + self._recurrent_side(
+            prev_output, masks, weights["recurrent_kernel"], weights["recurrent_gamma"]
         )
         if self.activation is not None:
             output = self.activation(output)
-
-        new_state = [output] if nested else output
-        return output, new_state
+        return output, [output] if nested else output
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), **self._norm_config()}
@@ -553,6 +561,50 @@ class _LayerNormRNN(keras.layers.RNN):
         if use_cudnn is not None:
             # Kept (not serialized, like the stock layers) so Bidirectional can copy it.
             self.use_cudnn = use_cudnn
+
+    def inner_loop(
+        self, sequences: Any, initial_state: Any, mask: Any, training: bool = False
+    ) -> Any:
+        """The input side for every time step at once, then the step loop on the rest.
+
+        `LN(x·W) + input bias` does not depend on the recurrence, so it is one matmul and
+        one normalization over the whole sequence (as the stock LSTM precomputes its input
+        projection where it can); each step then computes only `LN(h·U)` (and the LSTM's
+        `LN(c)`). Masks, `go_backwards`, `unroll` and the outputs are the backend loop's,
+        exactly as in `keras.layers.RNN.inner_loop`. With `normalize=False` the stock
+        loop runs the stock step.
+        """
+        cell = self.cell
+        if not cell.normalize:
+            return super().inner_loop(sequences, initial_state, mask, training=training)
+        copy_states = keras.backend.backend() == "torch" and self.stateful
+        if not isinstance(initial_state, (list, tuple)):
+            initial_state = [initial_state]
+        projected = cell._input_side(sequences, training)
+
+        def loop(projected: Any, initial_state: Any, mask: Any, weights: Any) -> Any:
+            def step(inputs: Any, states: Any) -> tuple[Any, Any]:
+                if copy_states:
+                    # As the stock loop does: no in-place updates of tensors autograd needs.
+                    states = [ops.copy(state) for state in states]
+                output, new_states = cell._step(inputs, states, weights, training)
+                if not isinstance(new_states, (list, tuple)):
+                    new_states = [new_states]
+                return output, new_states
+
+            return _backend.rnn(
+                step,
+                projected,
+                initial_state,
+                go_backwards=self.go_backwards,
+                mask=mask,
+                unroll=self.unroll,
+                input_length=sequences.shape[1],
+                zero_output_for_mask=self.zero_output_for_mask,
+                return_all_outputs=self.return_sequences,
+            )
+
+        return loop(projected, initial_state, mask, cell._step_weights())
 
     units = _cell_property("units")
     activation = _cell_property("activation")

@@ -8,6 +8,7 @@ implementation written from the paper's equations (per-gate statistics).
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -929,3 +930,114 @@ def test_cells_module_is_the_registered_one() -> None:
     assert keras.saving.get_registered_object("normify>LayerNormSimpleRNNCell") is (
         LayerNormSimpleRNNCell
     )
+
+
+# --------------------------------------------------------------------------------------
+# Files saved by the first version of the cells (fixtures/cells_v1, written before the
+# input side moved out of the step loop) load and compute the same function.
+# --------------------------------------------------------------------------------------
+
+CELLS_V1 = Path(__file__).resolve().parent.parent / "fixtures" / "cells_v1"
+CELLS_V1_MANIFEST = json.loads((CELLS_V1 / "manifest.json").read_text())
+
+
+@pytest.mark.parametrize("name", CELLS_V1_MANIFEST["models"])
+def test_models_saved_by_cells_v1_load_and_agree(name: str) -> None:
+    stored = np.load(CELLS_V1 / "cells_v1.npz")
+    x = stored["inputs"]
+
+    def outputs(model: Any, training: bool) -> list[np.ndarray]:
+        result = model(x, training=training)
+        return [keras.ops.convert_to_numpy(v) for v in tree_flatten(result)]
+
+    def compare(actual: list[np.ndarray], prefix: str) -> None:
+        expected = [stored[f"{prefix}/{i}"] for i in range(len(actual))]
+        assert f"{prefix}/{len(actual)}" not in stored
+        for want, got in zip(expected, actual, strict=True):
+            assert got.dtype == want.dtype == np.float32
+            # float32 agreement within 1e-6 of the outputs' scale (a different summation
+            # order moves values near zero by an ulp of the larger ones).
+            assert np.max(np.abs(got - want)) <= 1e-6 * np.max(np.abs(want))
+
+    path = CELLS_V1 / f"{name}.keras"
+    if name in CELLS_V1_MANIFEST["training"]:
+        # The first call after a load draws the same seeded dropout masks as in v1.
+        compare(outputs(keras.saving.load_model(path), training=True), f"{name}/training")
+    model = keras.saving.load_model(path)
+    compare(outputs(model, training=False), name)
+    # The config round-trips unchanged through today's classes.
+    clone = keras.Model.from_config(model.get_config())
+    assert clone.get_config() == model.get_config()
+
+
+def tree_flatten(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+# --------------------------------------------------------------------------------------
+# The layers' hoisted input side (LN(x·W) for every step before the loop) against the
+# cells stepped one by one, and against the NumPy reference in float64.
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", KIND_NAMES)
+def test_hoisted_layer_matches_the_reference_exactly_in_float64(name: str) -> None:
+    # float64 leaves only rounding between the two: the math is the reference's.
+    kind = KINDS[name]
+    x = sequences(seed=21, batch=4, steps=9).astype("float64")
+    layer = kind.ours(UNITS, return_sequences=True, dtype="float64", **kind.kwargs)
+    built(layer, x)
+    randomize(layer, seed=22)
+    outputs = np.asarray(layer(x))
+    weights = named_weights(layer)
+    states = [np.zeros((4, UNITS))] * (2 if name == "lstm" else 1)
+    expected = []
+    for t in range(9):
+        step_output, states = np_step(name, weights, x[:, t], states, 1e-3)
+        expected.append(step_output)
+    np.testing.assert_allclose(outputs, np.stack(expected, axis=1), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"go_backwards": True},
+        {"return_state": True},
+        {"dropout": 0.3, "seed": 5},
+        {"dropout": 0.3, "recurrent_dropout": 0.25, "seed": 6},
+        {"implementation": 1},
+    ],
+    ids=["backwards", "state", "dropout", "both_dropouts", "implementation_1"],
+)
+@pytest.mark.parametrize("name", KIND_NAMES)
+def test_hoisted_layer_equals_the_cell_stepped_by_the_rnn_loop(
+    name: str, options: dict[str, Any]
+) -> None:
+    # RNN(cell) calls the cell once per step (input side included); the drop-in layer
+    # computes the input side for the whole sequence first. Same seeds draw the same
+    # dropout masks, so training outputs agree as well. Unseen shapes, a ragged mask.
+    kind = KINDS[name]
+    x = sequences(seed=31, batch=5, steps=8)
+    mask = np.arange(8)[None, :] < np.array([8, 5, 1, 7, 3])[:, None]
+    implementation = (
+        {"implementation": options["implementation"]} if "implementation" in options else {}
+    )
+    layer_options = {k: v for k, v in options.items() if k not in ("implementation",)}
+    cell_args = {
+        k: v for k, v in layer_options.items() if k in ("dropout", "recurrent_dropout", "seed")
+    }
+    rnn_args = {k: v for k, v in layer_options.items() if k not in cell_args}
+    if name == "simple_rnn":
+        implementation = {}
+    layer = built(
+        kind.ours(UNITS, return_sequences=True, **kind.kwargs, **implementation, **layer_options), x
+    )
+    weights = randomize(layer, seed=32)
+    cell = kind.cell(UNITS, **kind.kwargs, **implementation, **cell_args)
+    stepped = built(keras.layers.RNN(cell, return_sequences=True, **rnn_args), x)
+    stepped.set_weights(weights)
+    for training in (True, False):
+        ours = as_arrays(layer(x, mask=mask, training=training))
+        theirs = as_arrays(stepped(x, mask=mask, training=training))
+        for a, b in zip(ours, theirs, strict=True):
+            assert np.max(np.abs(a - b)) <= 1e-6 * np.max(np.abs(b))
