@@ -11,7 +11,7 @@ DEMO_OUT := build/demo
 $(BIN)/normify: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[tensorflow,test,examples]"
+	$(BIN)/pip install --quiet -e ".[tensorflow,jax,test,examples]"
 	touch $(BIN)/normify
 
 install: $(BIN)/normify
@@ -43,7 +43,7 @@ BACKEND_VENV := .venv-$(BACKEND)
 $(BACKEND_VENV)/bin/normify: pyproject.toml
 	$(PYTHON) -m venv $(BACKEND_VENV)
 	$(BACKEND_VENV)/bin/pip install --quiet --upgrade pip
-	$(BACKEND_VENV)/bin/pip install --quiet -e ".[$(BACKEND),test,examples]"
+	$(BACKEND_VENV)/bin/pip install --quiet -e ".[$(BACKEND),jax,test,examples]"
 	touch $(BACKEND_VENV)/bin/normify
 
 test-backend: $(BACKEND_VENV)/bin/normify
