@@ -145,13 +145,13 @@ class Graph:
         copied.nodes = dict(self.nodes)
         return copied
 
-
     def check(self) -> None:
         """Verify the invariants every pass and the rebuild step rely on, here and in
         every nested graph: node ids match their keys and name a layer of this graph,
         every reference resolves to an earlier node (topological order), the outputs
         resolve, and a Sequential is one chain."""
         _check_graph(self)
+
 
 def shallow_copy(obj: Any) -> Any:
     """A copy of a spec, node or graph sharing its field values: what

@@ -90,11 +90,9 @@ def _closing_line(report: Report) -> str:
 def drift_line(drift: dict[str, Any] | None) -> str | None:
     if drift is None:
         return None
-    inputs = "data samples" if drift["inputs"] == "data" else "random inputs"
-    return (
-        f"drift on {drift['samples']} {inputs}: max abs {drift['max_abs']:.3g}, "
-        f"mean abs {drift['mean_abs']:.3g}, relative {drift['relative']:.3g}"
-    )
+    from normify.drift import drift_line as line
+
+    return line(drift)
 
 
 def _layer_drift_text(drift: dict[str, float] | None) -> str:

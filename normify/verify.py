@@ -24,8 +24,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from normify.drift import (
+    DriftTotal,
+    abs_difference,
+    drift_line,
+    max_difference,
+    named_outputs,
+    paired_outputs,
+)
 from normify.errors import NormifyError
-from normify.graph import iter_leaves
 from normify.keras_internals import keras_history
 from normify.variables import detached, variable_key
 
@@ -336,7 +343,7 @@ def _compare_present(old: _Variable, new: _Variable) -> WeightComparison:
     return _comparison(
         old,
         CHANGED,
-        max_abs_diff=_max_abs(_abs_diff(a, b)) if a.shape == b.shape else None,
+        max_abs_diff=max_difference(abs_difference(a, b)) if a.shape == b.shape else None,
         new_shape=None if a.shape == b.shape else tuple(b.shape),
         new_dtype=None if a.dtype == b.dtype else str(b.dtype),
     )
@@ -372,25 +379,6 @@ def _find_copy(
     return min(copies, key=rank)[1]
 
 
-def _abs_diff(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """|a - b| in float64, 0 where both hold the same value (inf) or both are NaN."""
-    import numpy as np
-
-    a64 = np.asarray(a, dtype=np.float64)
-    b64 = np.asarray(b, dtype=np.float64)
-    with np.errstate(invalid="ignore"):
-        diff = np.abs(a64 - b64)
-    diff[(a64 == b64) | (np.isnan(a64) & np.isnan(b64))] = 0.0
-    return diff
-
-
-def _max_abs(diff: np.ndarray) -> float:
-    # np.max propagates NaN, which is what a NaN on one side only deserves.
-    import numpy as np
-
-    return float(np.max(diff)) if diff.size else 0.0
-
-
 # ------------------------------------------------------------------------------ drift
 
 
@@ -402,9 +390,11 @@ def _drift(
 
     batches, source = _input_batches(original, data, batch_size, max_samples)
     names = [spec[0] for spec in _input_specs(original)]
-    total = _DriftTotal()
+    total = DriftTotal()
     for inputs in batches:
-        pairs = _pair_outputs(_outputs(original, inputs, names), _outputs(rewritten, inputs, names))
+        pairs = paired_outputs(
+            named_outputs(original, inputs, names), named_outputs(rewritten, inputs, names)
+        )
         total.add(pairs, int(np.shape(inputs[0])[0]))
     if total.samples == 0:
         raise NormifyError("the data holds no samples to measure drift on")
@@ -422,89 +412,6 @@ def _input_batches(
 
     loaded = load_data(data, input_specs(model), batch_size=batch_size, max_samples=max_samples)
     return loaded.batches(), "data"
-
-
-def _outputs(model: Any, inputs: list[np.ndarray], names: list[str]) -> Any:
-    """The model's outputs as numpy: a dict when it returns one, else a list in order."""
-    import numpy as np
-
-    from normify.backend import keras
-
-    ops = keras().ops
-    # Several inputs go by name, so input order inside the two models cannot matter.
-    feed = inputs[0] if len(inputs) == 1 else dict(zip(names, inputs, strict=True))
-    outputs = model(feed, training=False)
-    if isinstance(outputs, dict):
-        return {key: np.asarray(ops.convert_to_numpy(value)) for key, value in outputs.items()}
-    return [np.asarray(ops.convert_to_numpy(output)) for output in iter_leaves(outputs)]
-
-
-def _pair_outputs(before: Any, after: Any) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    """(label, original, rewritten) for every output: by name when both return dicts."""
-    if isinstance(before, dict) and isinstance(after, dict):
-        if set(before) != set(after):
-            raise NormifyError(
-                f"the models have different outputs: {sorted(before)} in the original, "
-                f"{sorted(after)} in the rewritten model"
-            )
-        pairs = [(str(key), before[key], after[key]) for key in before]
-    else:
-        old = list(before.values()) if isinstance(before, dict) else before
-        new = list(after.values()) if isinstance(after, dict) else after
-        if len(old) != len(new):
-            raise NormifyError(
-                f"the models have different outputs: {len(old)} in the original, "
-                f"{len(new)} in the rewritten model"
-            )
-        pairs = [
-            (f"output {index}", a, b) for index, (a, b) in enumerate(zip(old, new, strict=True))
-        ]
-    for label, a, b in pairs:
-        if a.shape != b.shape:
-            raise NormifyError(
-                f"{label} has shape {a.shape[1:]} in the original but {b.shape[1:]} "
-                "in the rewritten model"
-            )
-    return pairs
-
-
-@dataclass
-class _DriftTotal:
-    """Drift accumulated batch by batch, so only one batch of outputs is held at a time."""
-
-    max_abs: float = 0.0
-    abs_sum: float = 0.0
-    count: int = 0
-    scale: float = 0.0
-    samples: int = 0
-
-    def add(self, pairs: list[tuple[str, np.ndarray, np.ndarray]], samples: int) -> None:
-        import numpy as np
-
-        for _, a, b in pairs:
-            diff = _abs_diff(a, b)
-            self.max_abs = max(self.max_abs, _max_abs(diff), key=_nan_first)
-            self.abs_sum += float(np.sum(diff))
-            self.count += diff.size
-            magnitudes = np.abs(np.asarray(a, dtype=np.float64))
-            finite = magnitudes[np.isfinite(magnitudes)]
-            if finite.size:
-                self.scale = max(self.scale, float(np.max(finite)))
-        self.samples += samples
-
-    def result(self, source: str) -> dict[str, Any]:
-        return {
-            "max_abs": self.max_abs,
-            "mean_abs": self.abs_sum / self.count if self.count else 0.0,
-            "relative": self.max_abs / self.scale if self.scale > 0 else self.max_abs,
-            "samples": self.samples,
-            "inputs": source,
-        }
-
-
-def _nan_first(value: float) -> float:
-    # A NaN difference must survive the running max (max() would drop it by order).
-    return math.inf if math.isnan(value) else value
 
 
 # ----------------------------------------------------------------------------- render
@@ -525,7 +432,7 @@ def render(report: VerifyReport) -> list[str]:
             lines.append(line)
     lines.append(_layers_line("layers added", report.layers_added))
     lines.append(_layers_line("layers removed", report.layers_removed))
-    lines.append(_drift_line(report.drift))
+    lines.append(drift_line(report.drift))
     lines.append(_verdict_line(report))
     return lines
 
@@ -568,14 +475,6 @@ def _shape_text(shape: tuple[int, ...]) -> str:
 
 def _layers_line(title: str, paths: list[str]) -> str:
     return f"{title}: {', '.join(paths) if paths else 'none'}"
-
-
-def _drift_line(drift: dict[str, Any]) -> str:
-    source = "random inputs" if drift["inputs"] == "random" else "data"
-    return (
-        f"drift on {drift['samples']} sample(s) of {source}: max abs {drift['max_abs']:.6g}, "
-        f"mean abs {drift['mean_abs']:.6g}, relative {drift['relative']:.6g}"
-    )
 
 
 def _verdict_line(report: VerifyReport) -> str:

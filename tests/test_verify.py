@@ -331,7 +331,7 @@ def test_drift_on_npz_data_from_disk(tmp_path):
     assert report.drift["mean_abs"] == pytest.approx(diff.mean(), rel=1e-3)
     assert report.drift["relative"] == pytest.approx(diff.max() / np.abs(before).max(), rel=1e-3)
     assert _by_path(report)["hidden2/kernel"].status == "changed"
-    assert "drift on 10 sample(s) of data" in render(report)[-2]
+    assert "drift on 10 data samples" in render(report)[-2]
 
 
 def test_data_with_several_inputs_and_dict_outputs():
@@ -369,3 +369,20 @@ def test_to_json_is_serializable_and_complete():
         "layer", "key", "status", "shape", "dtype", "max_abs_diff", "new_shape", "new_dtype",
         "moved_to", "moved_from",
     }  # fmt: skip
+
+
+def test_every_command_measures_nan_drift_alike():
+    """One drift module: a NaN on one side only is a NaN drift (no running max drops it),
+    the same NaN or inf on both sides is no drift, for add's and verify's totals alike."""
+    import math
+
+    from normify.drift import DriftTotal
+
+    one_sided = DriftTotal()
+    one_sided.add([("", np.array([1.0, np.nan]), np.array([1.0, 2.0]))], 1)
+    one_sided.add([("", np.array([0.0]), np.array([5.0]))], 1)
+    assert math.isnan(one_sided.result("data")["max_abs"])
+    both = DriftTotal()
+    both.add([("", np.array([np.nan, np.inf, 2.0]), np.array([np.nan, np.inf, 2.5]))], 1)
+    assert both.result("data")["max_abs"] == 0.5
+    assert both.result("data")["relative"] == 0.25  # scale from the finite values
