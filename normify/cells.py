@@ -43,7 +43,7 @@ Design, and where it departs from the paper and from TF Addons' (now unmaintaine
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import keras
 from keras import constraints, initializers, ops, regularizers
@@ -67,6 +67,12 @@ class _LayerNormCellMixin:
 
     # Gates per cell: how many `units`-wide blocks the projections hold.
     _gates: int = 1
+
+    if TYPE_CHECKING:
+        # Provided by the stock cell the mixin is combined with.
+        units: int
+
+        def add_weight(self, *args: Any, **kwargs: Any) -> Any: ...
 
     def _init_norm(
         self,
@@ -332,6 +338,7 @@ class LayerNormGRUCell(_LayerNormCellMixin, keras.layers.GRUCell):
         h_tm1 = states[0] if nested else states
         units = self.units
         gamma_x, gamma_h = self.input_gamma, self.recurrent_gamma
+        recurrent_bias: Any
 
         if self.use_bias:
             if not self.reset_after:

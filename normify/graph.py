@@ -145,13 +145,13 @@ class Graph:
         copied.nodes = dict(self.nodes)
         return copied
 
-
     def check(self) -> None:
         """Verify the invariants every pass and the rebuild step rely on, here and in
         every nested graph: node ids match their keys and name a layer of this graph,
         every reference resolves to an earlier node (topological order), the outputs
         resolve, and a Sequential is one chain."""
         _check_graph(self)
+
 
 def shallow_copy(obj: Any) -> Any:
     """A copy of a spec, node or graph sharing its field values: what
@@ -530,7 +530,9 @@ def renumber_nested_calls(serialized: dict[str, Any]) -> dict[str, Any]:
 
 def _shift_ends(entry: Any, apply: bool) -> bool:
     config = entry.get("config") if isinstance(entry, dict) else None
-    layers = config.get("layers") if isinstance(config, dict) else None
+    if not isinstance(config, dict):
+        return False
+    layers = config.get("layers")
     if not isinstance(layers, list):
         return False
     nested = [
