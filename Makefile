@@ -31,6 +31,7 @@ pictures: install
 
 lint: install
 	$(BIN)/ruff check normify tests benchmarks fixtures scripts
+	$(BIN)/mypy normify
 
 test: install lint
 	$(BIN)/python -m pytest -q -n 2

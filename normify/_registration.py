@@ -56,8 +56,9 @@ class _RegisteringLoader:
             # Whatever happens, nothing should see this wrapper as keras's loader later
             # (importlib.resources, inspect and reloads ask the module for its loader).
             module.__loader__ = self._loader
-            if getattr(module, "__spec__", None) is not None:
-                module.__spec__.loader = self._loader
+            spec = getattr(module, "__spec__", None)
+            if spec is not None:
+                spec.loader = self._loader
         # Only reached when keras imported successfully; after a failure the hook stays,
         # so a later successful `import keras` still registers the cells.
         self._hook.uninstall()

@@ -141,7 +141,7 @@ class _Accumulator:
         if rows.shape[0] == 0:
             return
         if self.activation in DYING:
-            alive = (rows > 0).any(axis=0)
+            alive = np.asarray((rows > 0).any(axis=0))
             self.alive = alive if self.alive is None else self.alive | alive
         elif self.activation in SATURATING:
             low, high = _range(self.activation)

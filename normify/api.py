@@ -517,9 +517,7 @@ def recalibrate(
     if data is None:
         raise NormifyError("recalibrate needs data (--data)")
     source = _open(model_or_path, safe_mode, custom_objects, flatten)
-    calibration = _calibration_data(
-        data, source.model, batch_size, max_samples, quiet, "recalibrating"
-    )
+    calibration = _shown_data(data, source.model, batch_size, max_samples, quiet, "recalibrating")
     chosen, kept = [], []
     for path in batchnorm_paths(source.graph):
         reason = selected(path, tuple(include), tuple(exclude))
@@ -733,9 +731,12 @@ def _rebuilt(
 def _summary(source: _Source, after: graphs.Graph, model: Any, drift: Any) -> dict[str, Any]:
     """The before/after table of a rewrite: layers by class (where they differ),
     parameters, file size (the output's is filled in once written) and output drift."""
-    before_params = (
-        source.model.count_params() if source.model is not None else source.model_file.parameters
-    )
+    if source.model is not None:
+        before_params = source.model.count_params()
+    elif source.model_file is not None:
+        before_params = source.model_file.parameters
+    else:  # `_open` sets one or the other
+        raise RuntimeError("the source holds neither a model nor a model file")
     return {
         "layers": {"before": _class_counts(source.graph), "after": _class_counts(after)},
         "parameters": {"before": before_params, "after": model.count_params()},
@@ -781,6 +782,12 @@ def _calibration_data(
 ) -> _ShownData | None:
     if data is None:
         return None
+    return _shown_data(data, model, batch_size, max_samples, quiet, description)
+
+
+def _shown_data(
+    data: Any, model: Any, batch_size: int, max_samples: int, quiet: bool, description: str
+) -> _ShownData:
     from normify.data import input_specs, load_data
 
     label = str(data) if isinstance(data, (str, os.PathLike)) else None

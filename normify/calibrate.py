@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from normify.errors import NormifyError
 from normify.flow import build_flow
 from normify.graph import from_model
 from normify.probe import INPUT, OUTPUT, ChannelMoments, Probe, channel_rows
@@ -102,6 +103,20 @@ def _value(layer: Any, name: str) -> np.ndarray | None:
     return None
 
 
+def _stored(layer: Any, name: str) -> np.ndarray:
+    value = _value(layer, name)
+    if value is None:
+        raise KeyError(f"{layer.name} has no variable {name}")
+    return value
+
+
+def _statistics(moments: ChannelMoments, path: str) -> tuple[np.ndarray, np.ndarray]:
+    """The mean and variance `moments` gathered for the layer at `path`."""
+    if moments.mean is None:
+        raise NormifyError(f"{path}: no data reached this layer to compute its statistics from")
+    return moments.mean, moments.variance
+
+
 def initialize_from_data(
     model: Any,
     paths: list[str],
@@ -137,15 +152,15 @@ def initialize_from_data(
                     if path in fits:
                         fits[path].update(outputs[path][call], values, mask)
         for path, layer in layers.items():
-            notes[path] = _set_from_statistics(layer, mode, moments[path], fits.get(path))
+            notes[path] = _set_from_statistics(layer, mode, moments[path], fits.get(path), path)
     return notes
 
 
 def _set_from_statistics(
-    layer: Any, mode: str, moments: ChannelMoments, fit: _AffineFit | None
+    layer: Any, mode: str, moments: ChannelMoments, fit: _AffineFit | None, path: str
 ) -> str:
     if type(layer).__name__ == BATCHNORM:
-        mean, variance = moments.mean, moments.variance
+        mean, variance = _statistics(moments, path)
         _assign(layer, "moving_mean", mean)
         _assign(layer, "moving_variance", variance)
         if mode == "fresh":
@@ -268,9 +283,9 @@ def recalibrate_batchnorms(
                 for values, mask in pairs:
                     moments[path].update(values, mask)
         for path, layer in layers.items():
-            old_mean = _value(layer, "moving_mean")
-            old_variance = _value(layer, "moving_variance")
-            mean, variance = moments[path].mean, moments[path].variance
+            old_mean = _stored(layer, "moving_mean")
+            old_variance = _stored(layer, "moving_variance")
+            mean, variance = _statistics(moments[path], path)
             _assign(layer, "moving_mean", mean)
             _assign(layer, "moving_variance", variance)
             ratio = np.maximum(variance, 1e-12) / np.maximum(old_variance, 1e-12)

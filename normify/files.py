@@ -265,6 +265,7 @@ def _metadata(archive: zipfile.ZipFile, names: set[str]) -> dict[str, Any]:
 
 
 def _read_h5_file(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    found: dict[str, Any] | None
     try:
         found = _h5_metadata(path)
     except hdf5.Unsupported:  # a newer HDF5 layout than Keras writes: the HDF5 library
@@ -381,23 +382,26 @@ def _metadata_of(file: hdf5.File) -> dict[str, Any]:
 
 def _stored_weights(
     file: hdf5.File, group: hdf5.Node
-) -> dict[str, list[tuple[str, tuple[int, ...]]]]:
-    """Each stored layer's weights (Keras 2's legacy layout): name and shape, in order."""
+) -> dict[str, list[tuple[str, tuple[int, ...] | None]]]:
+    """Each stored layer's weights (Keras 2's legacy layout): name and shape (None when
+    the file lacks the dataset), in order."""
     names = group.attributes.get("layer_names") or []
-    stored = {}
+    stored: dict[str, list[tuple[str, tuple[int, ...] | None]]] = {}
     for name in names if isinstance(names, list) else []:
         if name not in group.members:
             continue
         layer = file._node(group.members[name])
         weight_names = layer.attributes.get("weight_names") or []
-        shapes = []
+        shapes: list[tuple[str, tuple[int, ...] | None]] = []
         for weight in weight_names if isinstance(weight_names, list) else []:
             node = layer
+            found = True
             for part in weight.split("/"):
-                node = file._node(node.members[part]) if part in node.members else None
-                if node is None:
+                if part not in node.members:
+                    found = False
                     break
-            shapes.append((weight, node.shape if node is not None else None))
+                node = file._node(node.members[part])
+            shapes.append((weight, node.shape if found else None))
         stored[name] = shapes
     return stored
 

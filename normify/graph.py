@@ -16,6 +16,7 @@ This module must not import Keras: `normify audit` reads files without a backend
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -272,7 +273,9 @@ def graph_at(graph: Graph, path: str) -> Graph:
 # ------------------------------------------------------------------ building from configs
 
 
-def from_config(model_config: dict[str, Any], source: str | None = None) -> Graph:
+def from_config(
+    model_config: dict[str, Any], source: str | os.PathLike[str] | None = None
+) -> Graph:
     """Build a graph from a serialized model: `{"class_name": ..., "config": {...}}`.
 
     Takes a config in Keras 3's language (`.keras` files, `model.get_config()` wrapped with
@@ -530,7 +533,9 @@ def renumber_nested_calls(serialized: dict[str, Any]) -> dict[str, Any]:
 
 def _shift_ends(entry: Any, apply: bool) -> bool:
     config = entry.get("config") if isinstance(entry, dict) else None
-    layers = config.get("layers") if isinstance(config, dict) else None
+    if not isinstance(config, dict):
+        return False
+    layers = config.get("layers")
     if not isinstance(layers, list):
         return False
     nested = [

@@ -135,8 +135,8 @@ def picture_of(report: AuditReport, compare: AuditReport | None = None) -> Pictu
         for depth in range(1, len(parts)):
             prefix = "/".join(parts[:depth])
             if prefix not in clusters:
-                spec = specs.get(prefix)
-                label = f"{parts[depth - 1]} ({spec.class_name})" if spec else parts[depth - 1]
+                owner = specs.get(prefix)
+                label = f"{parts[depth - 1]} ({owner.class_name})" if owner else parts[depth - 1]
                 clusters[prefix] = Cluster(prefix, label)
                 clusters[_parent(prefix)].children.append(prefix)
         clusters[_parent(path)].children.append(path)
@@ -187,6 +187,10 @@ def _lines(path: str, spec: Any, row: Any, calls: int, mark: str | None) -> list
 
 def _differences(report: AuditReport, compare: AuditReport) -> tuple[dict[str, str], list[str]]:
     """Layers inserted, changed (class, activation or bias) and removed since `compare`."""
+    if report.graph is None:
+        raise NormifyError("this audit report holds no graph to draw", report.model)
+    if compare.graph is None:
+        raise NormifyError("the audit report to compare with holds no graph", compare.model)
     after = {path: spec for path, spec, _ in walk_layers(report.graph)}
     before = {path: spec for path, spec, _ in walk_layers(compare.graph)}
     marks = {}
@@ -277,7 +281,7 @@ def _layout_cluster(picture: Picture, name: str, first: dict[str, int]) -> None:
     header = CLUSTER_HEADER if name else 0
     inner_width = max(widths, default=0)
     cluster.width = inner_width + 2 * pad
-    y = header + pad
+    y: float = header + pad
     positions: dict[str, tuple[float, float]] = {}
     for row, width, height in zip(rows, widths, heights, strict=True):
         x = pad + (inner_width - width) / 2
@@ -339,7 +343,7 @@ def _legend_height(picture: Picture) -> float:
 
 
 def _legend_positions(picture: Picture) -> list[tuple[tuple[str, str, str, str], float, float]]:
-    placed = []
+    placed: list[tuple[tuple[str, str, str, str], float, float]] = []
     for index, entry in enumerate(_legend_entries(picture)):
         row, column = divmod(index, LEGEND_PER_ROW)
         x = MARGIN + column * LEGEND_COLUMN
@@ -379,7 +383,7 @@ def to_svg(picture: Picture) -> str:
     out.append('<g class="legend">')
     for (key, fill, stroke, text), x, y in _legend_positions(picture):
         dash = _dash(STYLES[key][2]) if key in STYLES else ""
-        width = 3 if key in MARKS else 1
+        width: float = 3 if key in MARKS else 1
         out.append(
             f'<rect x="{x:.1f}" y="{y:.1f}" width="{LEGEND_SWATCH}" height="{LEGEND_SWATCH}" '
             f'fill="{fill}" stroke="{stroke}" stroke-width="{width}"{dash}/>'
@@ -534,12 +538,15 @@ def to_png(picture: Picture, path: Path) -> None:
     def s(*values: float) -> list[float]:
         return [v * scale for v in values]
 
-    draw.text(s(MARGIN, MARGIN), picture.title, fill="black", font=title)
+    def at(x: float, y: float) -> tuple[float, float]:
+        return (x * scale, y * scale)
+
+    draw.text(at(MARGIN, MARGIN), picture.title, fill="black", font=title)
     for (key, fill, stroke, text), x, y in _legend_positions(picture):
         width = 3 if key in MARKS else 1
         draw.rectangle(s(x, y, x + LEGEND_SWATCH, y + LEGEND_SWATCH), fill=fill, outline=stroke,
                        width=width * scale)  # fmt: skip
-        draw.text(s(x + LEGEND_SWATCH + 5, y), text, fill="black", font=font)
+        draw.text(at(x + LEGEND_SWATCH + 5, y), text, fill="black", font=font)
     for name, cluster in picture.clusters.items():
         if not name:
             continue
@@ -548,7 +555,7 @@ def to_png(picture: Picture, path: Path) -> None:
             radius=6 * scale, fill=_cluster_fill(name.count("/")), outline="#5c6bc0",
             width=scale,
         )  # fmt: skip
-        draw.text(s(cluster.x + 8, cluster.y + 3), cluster.label, fill="#283593", font=bold)
+        draw.text(at(cluster.x + 8, cluster.y + 3), cluster.label, fill="#283593", font=bold)
     for source, target in picture.edges:
         points = _edge_points(picture, source, target)
         curve = _bezier(points)
@@ -566,10 +573,10 @@ def to_png(picture: Picture, path: Path) -> None:
             _gaps(draw, rect, fill, 5 if style == "dashed" else 2, scale)
         for index, line in enumerate(box.lines):
             y = box.y + PAD_Y + index * LINE_HEIGHT + 1
-            draw.text(s(box.x + box.width / 2, y), line, fill="black", anchor="ma",
+            draw.text(at(box.x + box.width / 2, y), line, fill="black", anchor="ma",
                       font=bold if index == 0 else font)  # fmt: skip
     if picture.removed:
-        draw.text(s(MARGIN, picture.height - MARGIN - 14),
+        draw.text(at(MARGIN, picture.height - MARGIN - 14),
                   "removed: " + ", ".join(picture.removed), fill="#b71c1c", font=font)  # fmt: skip
     image.save(path, format="PNG")
 

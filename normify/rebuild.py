@@ -222,7 +222,10 @@ class _Builder:
         return new
 
     def load_from_file(self) -> None:
-        assert self.weights is not None or not self.from_file
+        if not self.from_file:
+            return
+        if self.weights is None:
+            raise RebuildError("layers are to be read from a file, but no weight file is open")
         for new, spec in self.from_file:
             self.weights.load(new, spec)
 
@@ -356,7 +359,7 @@ class _Presets:
         preset_ids = self._preset_ids
 
         def add_weight(*args: Any, **kwargs: Any) -> Any:
-            value = values.get(kwargs.get("name"))
+            value = values.get(kwargs["name"]) if "name" in kwargs else None
             shape = kwargs.get("shape", args[0] if args else None)
             if value is None or shape is None or len(args) > 1:  # positional initializer
                 return stock_add_weight(*args, **kwargs)

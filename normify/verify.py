@@ -185,7 +185,11 @@ def _load(
     return model_or_path, model_or_path.name
 
 
-def _input_specs(model: Any) -> list[tuple[str, tuple[int | None, ...], str]]:
+# An input's name, shape and dtype.
+_InputSpec = tuple[str, tuple[int | None, ...], str]
+
+
+def _input_specs(model: Any) -> list[_InputSpec]:
     return [
         (keras_history(tensor)[0].name, tuple(tensor.shape), str(tensor.dtype))
         for tensor in model.inputs
@@ -203,7 +207,7 @@ def _require_same_inputs(original: Any, rewritten: Any) -> None:
     if len(before) == 1:
         # A lone input is fed by position, so only its shape and dtype matter; Keras
         # names unnamed inputs itself (`input_layer_3`), which differs between equal models.
-        pairs = [(before[0], after[0])]
+        pairs: list[tuple[_InputSpec, _InputSpec | None]] = [(before[0], after[0])]
     else:
         # Several inputs are fed by name (see `_outputs`), so their order may differ.
         by_name = {spec[0]: spec for spec in after}

@@ -227,7 +227,7 @@ def _recording_store(content: io.BytesIO | Path) -> Any:
 
     H5IOStore = saving_lib().H5IOStore
 
-    class RecordingStore(H5IOStore):
+    class RecordingStore(H5IOStore):  # type: ignore[misc,valid-type]  # a Keras-internal class
         def __init__(self, source: io.BytesIO | Path) -> None:
             super().__init__(source, mode="r")
             self.read: set[str] = set()

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 from normify.errors import ModelLoadError
 
@@ -180,7 +180,7 @@ class Stage:
             self._layer(inner, f"{site.path}/", None, entry, context)
 
 
-def is_entry(value: Any) -> bool:
+def is_entry(value: Any) -> TypeGuard[dict[str, Any]]:
     return (
         isinstance(value, dict)
         and isinstance(value.get("class_name"), str)

@@ -170,7 +170,9 @@ def _own_graph(nested: dict[str, Any]) -> bool:
     config = nested["config"]
     layers = config if isinstance(config, list) else (layers_of(nested) or [])
     first = layers[0] if layers and isinstance(layers[0], dict) else {}
-    first_config = first.get("config") if isinstance(first.get("config"), dict) else {}
+    first_config = first.get("config")
+    if not isinstance(first_config, dict):
+        first_config = {}
     return first.get("class_name") == "InputLayer" or "batch_input_shape" in first_config
 
 

@@ -130,7 +130,7 @@ class _TrainingTranslator:
         return _serialized("keras.optimizers", cls.__name__, config)
 
     def _drop_optimizer_arguments(self, config: dict[str, Any], cls: type) -> None:
-        accepted = accepted_arguments(cls) or set()
+        accepted = accepted_arguments(cls) or frozenset()
         for key in list(config):
             if key in IGNORED_OPTIMIZER_ARGUMENTS or key not in accepted:
                 value = config.pop(key)

@@ -8,6 +8,7 @@ from typing import Any
 from normify.graph import (
     MODIFIED,
     Graph,
+    GraphError,
     Node,
     TensorRef,
     all_layer_names,
@@ -155,13 +156,15 @@ class Editor:
         for part in owner_path.split("/") if owner_path else []:
             walked = f"{walked}/{part}" if walked else part
             spec = graph.layers[part]
-            assert spec.subgraph is not None, f"{walked} is not a nested model"
+            subgraph = spec.subgraph
+            if subgraph is None:
+                raise GraphError(f"{walked} is not a nested model")
             if walked not in self._copied:
                 spec = graph.layers[part] = shallow_copy(spec)
-                spec.subgraph = spec.subgraph.copy()
+                subgraph = spec.subgraph = subgraph.copy()
                 spec.status = MODIFIED
                 self._copied.add(walked)
-            graph = spec.subgraph
+            graph = subgraph
         return graph
 
     def unique(self, base: str) -> str:

@@ -103,8 +103,9 @@ def _foldable_producer(editor: Editor, graph: Graph, name: str) -> LayerSpec | s
     if batchnorm.config.get("renorm"):
         return "uses batch renormalization"
     calls = editor.calls(graph, name)
-    sources = [node.data_input for node in calls]
-    if any(source is None for source in sources):
+    inputs = [node.data_input for node in calls]
+    sources = [source for source in inputs if source is not None]
+    if len(sources) != len(inputs):
         return "has more than one input"
     producer_layers = {graph.nodes[source.node].layer for source in sources}
     if len(producer_layers) != 1:

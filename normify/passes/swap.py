@@ -132,9 +132,12 @@ def _replace(
     if "epsilon" in config and "epsilon" in old.config:
         config["epsilon"] = old.config["epsilon"]
     if target == "groupnorm":
-        if channels is None and groups is None:
+        if groups:
+            chosen = groups
+        elif channels is None:
             return "channel count unknown; pass --groups to choose GroupNormalization groups"
-        chosen = groups or norms.largest_group_count(channels)
+        else:
+            chosen = norms.largest_group_count(channels)
         if channels is not None and channels % chosen:
             return f"{channels} channels cannot be split into {chosen} groups"
         config["groups"] = chosen
