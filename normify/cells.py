@@ -51,20 +51,17 @@ Design, and where it departs from the paper and from TF Addons' (now unmaintaine
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import keras
 from keras import constraints, initializers, ops, regularizers
-
-# The backend's step loop, the one `keras.layers.RNN.inner_loop` runs (keras is pinned to
-# 3.15; there is no public name for it).
-from keras.src import backend as _backend
 
 # The names live in normify.incell, which rewrites configs without importing Keras;
 # NORM_ARGUMENTS and NORM_WEIGHT_NAMES are part of this module's public names too.
 from normify.incell import NORM_ARGUMENTS, NORM_WEIGHT_NAMES  # noqa: F401
 from normify.incell import PACKAGE as _PACKAGE
 from normify.incell import STOCK_TO_NORMALIZED as _NAMES
+from normify.keras_internals import backend_module
 
 # Cell config keys that belong to the cell as a Layer rather than to the recurrence; the
 # drop-in layers leave them out of their flat config, as the stock layers do.
@@ -173,6 +170,10 @@ class _LayerNormCellMixin:
     # Gates per cell: how many `units`-wide blocks the projections hold.
     _gates: int = 1
 
+    if TYPE_CHECKING:
+        # The stock cell it is mixed into provides the rest (units, kernels, dropout...).
+        def __getattr__(self, name: str) -> Any: ...
+
     def _init_norm(
         self,
         normalize: bool,
@@ -277,7 +278,7 @@ class _LayerNormCellMixin:
     def call(self, inputs: Any, states: Any, training: bool = False) -> Any:
         """One step: the input side, then the recurrence (`normalize=False`: the stock step)."""
         if not self.normalize:
-            return super().call(inputs, states, training=training)
+            return super().call(inputs, states, training=training)  # type: ignore[misc]
         projected = self._input_side(inputs, training)
         return self._step(projected, states, self._step_weights(), training)
 
@@ -592,7 +593,7 @@ class _LayerNormRNN(keras.layers.RNN):
                     new_states = [new_states]
                 return output, new_states
 
-            return _backend.rnn(
+            return backend_module().rnn(
                 step,
                 projected,
                 initial_state,

@@ -14,6 +14,8 @@ Keras changes one of them, this module is what to update.
   `H5IOStore` (weightfile); `get_attr_skipset` (the saving cache fix below).
 - `keras.src.utils.naming`: the automatic layer names of Keras' loader (weightfile).
 - `keras.src.backend.common.global_state`: the saving cache fix below.
+- `keras.src.backend.rnn`: the backend's step loop, the one `keras.layers.RNN.inner_loop`
+  runs (no public name), for normify.cells.
 """
 
 from __future__ import annotations
@@ -64,6 +66,13 @@ def serialization_lib() -> ModuleType:
 
 def saving_lib() -> ModuleType:
     from keras.src.saving import saving_lib as module
+
+    return module
+
+
+def backend_module() -> ModuleType:
+    """The running backend's implementation module (`rnn`, the step loop)."""
+    from keras.src import backend as module
 
     return module
 
