@@ -172,10 +172,11 @@ class _Builder:
         return model
 
     def _copy_model_attributes(self, graph: Graph, model: Any) -> None:
-        if graph.obj is not None:
-            model.trainable = graph.obj.trainable
-        elif self.weights is not None:
-            model.trainable = graph.trainable  # as Keras sets it when loading the file
+        # Setting `trainable` on a model sets it on every layer inside, which would undo a
+        # frozen layer's own flag: so only a frozen model is frozen, as Keras loads it.
+        trainable = graph.obj.trainable if graph.obj is not None else graph.trainable
+        if not trainable:
+            model.trainable = False
 
     def _input_layer(self, spec: LayerSpec) -> Any:
         config = spec.obj.get_config() if spec.obj is not None else dict(spec.config)

@@ -70,8 +70,13 @@ def _dense_model(seed: int = 0):
     hidden = layers.Dense(5, activation="relu", name="d1")(inputs)
     hidden = layers.Dense(4, activation="tanh", name="d2")(hidden)
     model = keras.Model(inputs, layers.Dense(2, name="out")(hidden), name="dense_model")
+    # weights from NumPy, not from the backend's random generator: the same model on
+    # every backend
     rng = np.random.default_rng(seed)
     for layer in model.layers[1:]:
+        fan_in, fan_out = layer.kernel.shape
+        scale = np.sqrt(6.0 / (fan_in + fan_out))
+        layer.kernel.assign(rng.uniform(-scale, scale, layer.kernel.shape).astype("float32"))
         layer.bias.assign(rng.normal(0.0, 0.8, layer.bias.shape).astype("float32"))
     return model
 

@@ -284,6 +284,7 @@ def test_every_repair_names_its_rule_and_a_layer():
 
 
 def test_an_h5_without_its_vocabulary_is_refused_naming_the_layer(tmp_path):
+    pytest.importorskip("tensorflow", reason="Keras' TextVectorization needs TensorFlow")
     import keras
 
     inputs = keras.Input((1,), dtype="string")

@@ -560,6 +560,8 @@ def as_arrays(outputs: Any) -> list[np.ndarray]:
 
 @pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
 def test_translated_op_computes_what_tensorflow_computes(case):
+    # The reference is TensorFlow's own op, as the tf.keras file called it.
+    pytest.importorskip("tensorflow", reason="the reference op is TensorFlow's; not installed")
     import keras
 
     from normify.formats import arguments
