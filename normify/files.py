@@ -10,13 +10,11 @@ naming the file and the cause.
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
 import mmap
 import os
 import struct
-import subprocess
 import sys
 import zipfile
 from collections.abc import Iterable, Iterator
@@ -443,12 +441,16 @@ def _h5_attributes(path: str) -> dict[str, Any]:
 
 def _h5_child_code() -> str:
     # the function's own source: the child imports h5py, not all of normify
+    import inspect
+
     lines = ["import json, sys", "from typing import Any", inspect.getsource(_h5_attributes)]
     return "\n".join([*lines, "json.dump(_h5_attributes(sys.argv[1]), sys.stdout)"])
 
 
 def _h5_attributes_in_child(path: Path) -> dict[str, Any] | None:
     """`_h5_attributes` run in a child interpreter, or None when none can run it."""
+    import subprocess  # only for a file of a newer HDF5 layout than Keras writes
+
     try:
         done = subprocess.run(
             [sys.executable, "-c", _h5_child_code(), str(path)],

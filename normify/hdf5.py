@@ -71,6 +71,13 @@ class File:
         """`data`: the file's bytes, or anything that slices and `find`s like them (an
         mmap, a `Window` on a zip member)."""
         self.data = data
+        # Read through the underlying buffer at an offset, not through `Window` slicing:
+        # the primitives below run tens of thousands of times for a large model.
+        if isinstance(data, Window):
+            self._buffer, self._base = data.buffer, data.start
+        else:
+            self._buffer, self._base = data, 0
+        self._size = len(data)
         self.budget = MAX_OBJECTS
         self._nodes: dict[int, Node] = {}
         if len(data) < 64 or data[:8] != SIGNATURE:
@@ -123,15 +130,21 @@ class File:
             raise Corrupt("too many objects (a loop?)")
 
     def _bytes(self, position: int, size: int) -> bytes:
-        if position < 0 or size < 0 or position + size > len(self.data):
+        if position < 0 or size < 0 or position + size > self._size:
             raise Corrupt("a structure points past the end of the file")
-        return self.data[position : position + size]
+        start = self._base + position
+        return self._buffer[start : start + size]
 
     def _byte(self, position: int) -> int:
-        return self._bytes(position, 1)[0]
+        if position < 0 or position >= self._size:
+            raise Corrupt("a structure points past the end of the file")
+        return self._buffer[self._base + position]
 
     def _unsigned(self, position: int, size: int) -> int:
-        return int.from_bytes(self._bytes(position, size), "little")
+        if position < 0 or size < 0 or position + size > self._size:
+            raise Corrupt("a structure points past the end of the file")
+        start = self._base + position
+        return int.from_bytes(self._buffer[start : start + size], "little")
 
     def _offset(self, position: int) -> int:
         return self._unsigned(position, self.offset_size)
@@ -262,10 +275,11 @@ class File:
         start, size = heap
         if offset >= size:
             raise Corrupt("a name outside its heap")
-        end = self.data.find(b"\0", start + offset, start + size)
+        base = self._base
+        end = self._buffer.find(b"\0", base + start + offset, base + min(start + size, self._size))
         if end < 0:
             raise Corrupt("an unterminated name")
-        return self.data[start + offset : end].decode("utf-8", errors="replace")
+        return self._buffer[base + start + offset : end].decode("utf-8", errors="replace")
 
     def _link(self, body: int) -> tuple[str, int | None]:
         """A link message: (name, object header address), None for a soft or external
