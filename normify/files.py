@@ -498,6 +498,12 @@ def _parse_config_json(raw: bytes | str, path: Path, what: str) -> dict[str, Any
 MIN_WEIGHT_BUDGET = 2**24  # weights (elements) of one layer, whatever the file holds
 MIN_DIMENSION_LIMIT = 2**24  # one dimension of a declared shape, whatever the file holds
 SHAPE_KEYS = ("batch_shape", "batch_input_shape", "input_shape", "build_input_shape", "shape")
+# the settings that size a layer's weights (`_declared_weights`): a config with none of
+# them declares at most one weight
+WEIGHT_KEYS = frozenset(
+    ("units", "kernel_size", "filters", "depth_multiplier", "input_dim", "output_dim")
+    + ("num_heads", "key_dim")
+)
 
 
 def _check_declared_sizes(
@@ -506,7 +512,11 @@ def _check_declared_sizes(
     budget = max(2 * weights_bytes, MIN_WEIGHT_BUDGET)
     for entry in _serialized_objects(config):
         name = _entry_name(entry)
-        declared, how = _declared_weights(entry) if _is_builtin(entry) else (0, "")
+        declared, how = (
+            _declared_weights(entry)
+            if _is_builtin(entry) and not WEIGHT_KEYS.isdisjoint(entry["config"])
+            else (0, "")
+        )
         if declared > budget:
             raise ModelLoadError(
                 f"{what}: layer {name!r} declares {how} ({_approximately(declared)} "
@@ -604,7 +614,10 @@ def _declared_dimensions(entry: dict[str, Any]) -> Iterator[tuple[str, int]]:
         if not isinstance(place, dict):
             continue
         for key in SHAPE_KEYS:
-            for dimension in _shape_leaves(place.get(key)):
+            shape = place.get(key)
+            if shape is None:
+                continue
+            for dimension in _shape_leaves(shape):
                 yield key, dimension
 
 

@@ -22,6 +22,7 @@ from typing import Any
 SIGNATURE = b"\x89HDF\r\n\x1a\n"
 UNDEFINED = 0xFFFFFFFFFFFFFFFF
 MAX_OBJECTS = 1_000_000  # headers, nodes and messages one read may visit
+_MESSAGE_HEADER = struct.Struct("<HH")  # an object header message's type and size
 
 
 class Corrupt(Exception):
@@ -80,6 +81,7 @@ class File:
         self._size = len(data)
         self.budget = MAX_OBJECTS
         self._nodes: dict[int, Node] = {}
+        self._heaps: dict[int, _GlobalHeap] = {}
         if len(data) < 64 or data[:8] != SIGNATURE:
             raise Corrupt("no HDF5 signature")
         version = self._byte(8)
@@ -189,8 +191,7 @@ class File:
             self._bytes(start, length)
             while position + 8 <= end and read < count:
                 self._spend()
-                kind = self._unsigned(position, 2)
-                body_size = self._unsigned(position + 2, 2)
+                kind, body_size = _MESSAGE_HEADER.unpack(self._bytes(position, 4))
                 body = position + 8
                 if body + body_size > end:
                     raise Corrupt("an object header message overruns its block")
@@ -397,19 +398,42 @@ class File:
         return values[0] if not dims else values
 
     def _global(self, collection: int, index: int, length: int) -> bytes:
-        if self._bytes(collection, 4) != b"GCOL":
-            raise Corrupt("a string's global heap has no GCOL signature")
-        size = self._length(collection + 8)
-        position, end = collection + 8 + self.length_size, collection + size
-        self._bytes(collection, size)
-        while position + 8 + self.length_size <= end:
+        # A collection holds every string attribute of many objects: it is walked once,
+        # as far as the strings asked for so far, not again from its start for each.
+        heap = self._heaps.get(collection)
+        if heap is None:
+            if self._bytes(collection, 4) != b"GCOL":
+                raise Corrupt("a string's global heap has no GCOL signature")
+            size = self._length(collection + 8)
+            self._bytes(collection, size)
+            heap = self._heaps[collection] = _GlobalHeap(collection + 8 + self.length_size)
+            heap.end = collection + size
+        found = heap.objects.get(index)
+        while found is None and not heap.done and heap.position + 8 + self.length_size <= heap.end:
             self._spend()
-            number = self._unsigned(position, 2)
-            object_size = self._length(position + 8)
-            data = position + 8 + self.length_size
+            number = self._unsigned(heap.position, 2)
+            object_size = self._length(heap.position + 8)
+            data = heap.position + 8 + self.length_size
+            heap.objects.setdefault(number, (data, object_size))
             if number == index:
-                return self._bytes(data, min(length, object_size))
-            if number == 0:
+                found = heap.objects[number]
                 break
-            position = data + ((object_size + 7) & ~7)
-        raise Corrupt("a string missing from its global heap")
+            if number == 0:
+                heap.done = True
+                break
+            heap.position = data + ((object_size + 7) & ~7)
+        if found is None:
+            raise Corrupt("a string missing from its global heap")
+        data, object_size = found
+        return self._bytes(data, min(length, object_size))
+
+
+@dataclass
+class _GlobalHeap:
+    """How far a global heap collection has been walked, and the objects seen so far
+    (by number: the first of each, as a walk from the start would find it)."""
+
+    position: int
+    end: int = 0
+    done: bool = False
+    objects: dict[int, tuple[int, int]] = field(default_factory=dict)
