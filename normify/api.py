@@ -27,7 +27,7 @@ from normify.errors import ModelLoadError, NormifyError, UnsupportedModelError
 from normify.flow import build_flow
 from normify.passes import Kept, PassResult
 from normify.passes.add import Insertion, add_norms
-from normify.reports import Report
+from normify.reports import PlannedRecalibration, Report
 from normify.rules import IN_CELL, Rules, decide
 
 if TYPE_CHECKING:
@@ -521,7 +521,6 @@ def plan_recalibrate(
     path: str | os.PathLike[str], *, include: Iterable[str] = (), exclude: Iterable[str] = ()
 ) -> Report:
     """Which BatchNormalizations `recalibrate` would update (config only, no backend)."""
-    from normify.calibrate import PlannedRecalibration
     from normify.passes.fold import batchnorm_paths
     from normify.rules import selected
 
