@@ -189,16 +189,24 @@ def describe_conditions(
 
 
 def peak_rss_run(argv: Sequence[str], env: dict[str, str] | None = None) -> tuple[float, int]:
-    """Wall-clock seconds and peak resident memory (bytes) of one whole child process,
-    which must succeed.
+    """Wall-clock seconds and peak resident memory (bytes) of one whole child process."""
+    wall, _, peak = child_usage(argv, env)
+    return wall, peak
 
-    The peak is this child's own `ru_maxrss` from `os.wait4`; `RUSAGE_CHILDREN` would be
-    the largest over every child this process ever waited for. Linux reports kilobytes,
-    macOS bytes.
+
+def child_usage(
+    argv: Sequence[str], env: dict[str, str] | None = None, cwd: str | None = None
+) -> tuple[float, float, int]:
+    """Wall-clock seconds, CPU seconds (user + system) and peak resident memory (bytes) of
+    one whole child process, which must succeed.
+
+    CPU time and peak are this child's own, from `os.wait4` (`RUSAGE_CHILDREN` would sum,
+    or take the largest over, every child this process ever waited for). Linux reports
+    kilobytes, macOS bytes.
     """
     start = time.perf_counter()
     with subprocess.Popen(
-        argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env
+        argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, cwd=cwd
     ) as child:
         # Read stderr to the end first, so a chatty child never blocks on a full pipe.
         stderr = child.stderr.read() if child.stderr is not None else b""
@@ -210,7 +218,7 @@ def peak_rss_run(argv: Sequence[str], env: dict[str, str] | None = None) -> tupl
             f"{' '.join(argv)} exited {child.returncode}:\n{tail(stderr.decode(errors='replace'))}"
         )
     scale = 1 if sys.platform == "darwin" else 1024
-    return elapsed, usage.ru_maxrss * scale
+    return elapsed, usage.ru_utime + usage.ru_stime, usage.ru_maxrss * scale
 
 
 # ------------------------------------------------------------------- options and results

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import numpy as np
 
+import importlib
 import os
 import warnings
 from collections.abc import Iterable
@@ -20,17 +21,25 @@ from typing import Any
 
 from normify import files, kinds
 from normify import graph as graphs
-from normify.audit import AuditReport, ModelAudit, MultiAudit, audit_graph
+from normify.audit import AuditReport, audit_graph
+from normify.auditing import ModelOrPath, audit, audit_files
 from normify.errors import ModelLoadError, NormifyError, UnsupportedModelError
 from normify.flow import build_flow
-from normify.formats import Origin
 from normify.passes import Kept, PassResult
 from normify.passes.add import Insertion, add_norms
-from normify.reports import Report
+from normify.reports import PlannedRecalibration, Report
 from normify.rules import IN_CELL, Rules, decide
-from normify.verify import VerifyReport, verify
 
-ModelOrPath = Any  # keras.Model | str | os.PathLike
+if TYPE_CHECKING:
+    from normify.formats import Origin
+    from normify.verify import VerifyReport, verify
+
+
+def __getattr__(name: str) -> Any:
+    # `verify` and its report are part of this API, imported (with hashlib) on first use.
+    if name in ("verify", "VerifyReport"):
+        return getattr(importlib.import_module("normify.verify"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass
@@ -41,84 +50,6 @@ class Result:
     model: Any
     report: Report
     origin: Origin | None = None
-
-
-def audit(
-    model_or_path: ModelOrPath,
-    *,
-    custom_objects: dict[str, Any] | None = None,
-    load: bool = False,
-    safe_mode: bool = True,
-    data: Any = None,
-    batch_size: int = 64,
-    max_samples: int = 1024,
-    quiet: bool = True,
-) -> AuditReport:
-    """Audit which dense, conv and recurrent layers are normalized, by what, and where.
-
-    A path is audited from its config alone, without importing a Keras backend. With
-    `load`, the model is loaded with Keras and its live graph audited: what a library's
-    Functional subclass (keras-hub) shows only once built. A library model audited from
-    its config alone is refused with what to do instead of an empty table.
-
-    With `data` (a path to an `.npz`/`.npy`, arrays, a dict of arrays or an iterable of
-    batches), the data also runs through the model and `report.activity` holds, for every
-    dense, conv and recurrent layer, its activation statistics, dead and saturated units,
-    the scale across depth and a hint, and for every BatchNormalization the gap between
-    its moving statistics and the data's (`normify.activity`).
-    """
-    if data is not None:
-        return _audit_with_data(
-            model_or_path, data, batch_size, max_samples, quiet, safe_mode, custom_objects,
-            load,
-        )  # fmt: skip
-    if isinstance(model_or_path, (str, os.PathLike)):
-        path = Path(model_or_path)
-        if load:
-            from normify.loading import load_model
-
-            loaded = load_model(path, safe_mode=safe_mode, custom_objects=custom_objects)
-            return audit_graph(graphs.from_model(loaded.model, flatten=True), model_name=str(path))
-        model_file = files.read_model_file(path, frozenset(custom_objects or ()))
-        graph = graphs.from_config(model_file.config, source=path)
-        if graph.opaque_reason is not None and kinds.library_of(model_file.config.get("module")):
-            raise UnsupportedModelError(
-                f"cannot audit {graph.class_name} from its config: {graph.opaque_reason}", path
-            )
-        return audit_graph(graph, model_name=str(path))
-    return audit_graph(graphs.from_model(model_or_path, flatten=load))
-
-
-def audit_files(
-    patterns: Iterable[str | os.PathLike[str]],
-    *,
-    require: dict[str, str] | None = None,
-    strict: bool = False,
-    config: str | None = None,
-) -> MultiAudit:
-    """Audit every model that `patterns` name (files, folders searched for `.keras` and
-    `.h5` files, glob patterns) against one policy, from their configs alone. A model that
-    cannot be read is an entry with its error, not the end of the audit."""
-    audits = []
-    for path in files.find_models(patterns):
-        try:
-            report = audit(path)
-        except NormifyError as error:
-            audits.append(ModelAudit(str(path), None, error=_without_path(error, path)))
-            continue
-        violations = report.violations(require or {}, strict=strict)
-        if require and report.opaque and not report.rows:
-            message = f"its layers cannot be read ({report.opaque[0]['reason']})"
-            audits.append(ModelAudit(str(path), report, error=message))
-            continue
-        audits.append(ModelAudit(str(path), report, violations))
-    return MultiAudit(audits, dict(require or {}), strict, config)
-
-
-def _without_path(error: NormifyError, path: Path) -> str:
-    text = str(error)
-    prefix = f"{path}: "
-    return text[len(prefix) :] if text.startswith(prefix) else text
 
 
 def _audit_with_data(
@@ -588,7 +519,6 @@ def plan_recalibrate(
     path: str | os.PathLike[str], *, include: Iterable[str] = (), exclude: Iterable[str] = ()
 ) -> Report:
     """Which BatchNormalizations `recalibrate` would update (config only, no backend)."""
-    from normify.calibrate import PlannedRecalibration
     from normify.passes.fold import batchnorm_paths
     from normify.rules import selected
 

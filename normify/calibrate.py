@@ -18,6 +18,7 @@ from normify.errors import NormifyError
 from normify.flow import build_flow
 from normify.graph import from_model
 from normify.probe import INPUT, OUTPUT, ChannelMoments, Probe, channel_rows
+from normify.reports import PlannedRecalibration  # noqa: F401 (its old home)
 from normify.variables import detached
 
 BATCHNORM = "BatchNormalization"
@@ -223,19 +224,6 @@ def fit_replacements(
                 _assign(layer, scale_name, gain)
             if _value(layer, "beta") is not None:
                 _assign(layer, "beta", offset)
-
-
-@dataclass(frozen=True)
-class PlannedRecalibration:
-    """A BatchNormalization a dry run would recalibrate."""
-
-    path: str
-
-    def to_json(self) -> dict[str, Any]:
-        return {"path": self.path}
-
-    def describe(self) -> str:
-        return f"recalibrate {self.path}"
 
 
 @dataclass(frozen=True)

@@ -257,7 +257,7 @@ def audit(
         _audit_several(models, required, strict, label, as_json)
         return
     model = Path(models[0])
-    from normify.api import audit as run_audit
+    from normify.auditing import audit as run_audit
 
     if load or data is not None:
         loading = _loading(unsafe, custom_object_files)
@@ -340,7 +340,7 @@ def _audit_several(
     models: tuple[str, ...], required: dict[str, str], strict: bool, label: str | None,
     as_json: bool,
 ) -> None:  # fmt: skip
-    from normify.api import audit_files
+    from normify.auditing import audit_files
 
     multi = audit_files(models, require=required, strict=strict, config=label)
     if as_json:

@@ -10,13 +10,11 @@ naming the file and the cause.
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
 import mmap
 import os
 import struct
-import subprocess
 import sys
 import zipfile
 from collections.abc import Iterable, Iterator
@@ -447,12 +445,16 @@ def _h5_attributes(path: str) -> dict[str, Any]:
 
 def _h5_child_code() -> str:
     # the function's own source: the child imports h5py, not all of normify
+    import inspect
+
     lines = ["import json, sys", "from typing import Any", inspect.getsource(_h5_attributes)]
     return "\n".join([*lines, "json.dump(_h5_attributes(sys.argv[1]), sys.stdout)"])
 
 
 def _h5_attributes_in_child(path: Path) -> dict[str, Any] | None:
     """`_h5_attributes` run in a child interpreter, or None when none can run it."""
+    import subprocess  # only for a file of a newer HDF5 layout than Keras writes
+
     try:
         done = subprocess.run(
             [sys.executable, "-c", _h5_child_code(), str(path)],
@@ -500,6 +502,12 @@ def _parse_config_json(raw: bytes | str, path: Path, what: str) -> dict[str, Any
 MIN_WEIGHT_BUDGET = 2**24  # weights (elements) of one layer, whatever the file holds
 MIN_DIMENSION_LIMIT = 2**24  # one dimension of a declared shape, whatever the file holds
 SHAPE_KEYS = ("batch_shape", "batch_input_shape", "input_shape", "build_input_shape", "shape")
+# the settings that size a layer's weights (`_declared_weights`): a config with none of
+# them declares at most one weight
+WEIGHT_KEYS = frozenset(
+    ("units", "kernel_size", "filters", "depth_multiplier", "input_dim", "output_dim")
+    + ("num_heads", "key_dim")
+)
 
 
 def _check_declared_sizes(
@@ -508,7 +516,11 @@ def _check_declared_sizes(
     budget = max(2 * weights_bytes, MIN_WEIGHT_BUDGET)
     for entry in _serialized_objects(config):
         name = _entry_name(entry)
-        declared, how = _declared_weights(entry) if _is_builtin(entry) else (0, "")
+        declared, how = (
+            _declared_weights(entry)
+            if _is_builtin(entry) and not WEIGHT_KEYS.isdisjoint(entry["config"])
+            else (0, "")
+        )
         if declared > budget:
             raise ModelLoadError(
                 f"{what}: layer {name!r} declares {how} ({_approximately(declared)} "
@@ -606,7 +618,10 @@ def _declared_dimensions(entry: dict[str, Any]) -> Iterator[tuple[str, int]]:
         if not isinstance(place, dict):
             continue
         for key in SHAPE_KEYS:
-            for dimension in _shape_leaves(place.get(key)):
+            shape = place.get(key)
+            if shape is None:
+                continue
+            for dimension in _shape_leaves(shape):
                 yield key, dimension
 
 

@@ -11,11 +11,13 @@ layers, and keeps Keras out of the import path of everything that only needs the
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 
 class FoldError(ValueError):
@@ -86,6 +88,8 @@ def fold_batchnorm(
 
     A layer that had no bias needs one afterwards: rebuild it from `folded_config`.
     """
+    import numpy as np
+
     target = _target(class_name, config)
     _check_axis(target, bn.axis)
     _check_keys(target, weights)
@@ -269,8 +273,8 @@ def _check_axis(target: _Target, bn_axis: int | Sequence[int]) -> None:
 
 def _single_axis(bn_axis: int | Sequence[int]) -> int:
     """A BN normalizing over several axes has no per-output-channel form."""
-    if isinstance(bn_axis, (int, np.integer)):
-        return int(bn_axis)
+    if _is_integer(bn_axis):
+        return int(bn_axis)  # type: ignore[arg-type]
     axes = list(bn_axis)
     if len(axes) != 1:
         raise FoldError(
@@ -278,6 +282,15 @@ def _single_axis(bn_axis: int | Sequence[int]) -> int:
             "the layer's output channels"
         )
     return int(axes[0])
+
+
+def _is_integer(value: Any) -> bool:
+    """An int or a NumPy integer (there are none until something has imported NumPy, and
+    planning a fold from a config must not import it)."""
+    if isinstance(value, int):
+        return True
+    numpy = sys.modules.get("numpy")
+    return numpy is not None and isinstance(value, numpy.integer)
 
 
 # --- the arithmetic -----------------------------------------------------------------------
@@ -296,6 +309,8 @@ def _check_keys(target: _Target, weights: Mapping[str, np.ndarray]) -> None:
 
 
 def _channel_count(target: _Target, kernel: np.ndarray) -> int:
+    import numpy as np
+
     if kernel.ndim <= len(target.channel_axes):
         raise FoldError(f"{target.label} kernel has unexpected shape {kernel.shape}")
     return int(np.prod([kernel.shape[axis] for axis in target.channel_axes]))
@@ -303,6 +318,8 @@ def _channel_count(target: _Target, kernel: np.ndarray) -> int:
 
 def _affine(bn: BatchNormParams, channels: int) -> tuple[np.ndarray, np.ndarray]:
     """The BN as `y * scale + shift`, in float64 so the fold adds no rounding of its own."""
+    import numpy as np
+
     mean = _vector(bn.moving_mean, channels, "moving_mean")
     variance = _vector(bn.moving_variance, channels, "moving_variance")
     gamma = np.ones(channels) if bn.gamma is None else _vector(bn.gamma, channels, "gamma")
@@ -318,6 +335,8 @@ def _affine(bn: BatchNormParams, channels: int) -> tuple[np.ndarray, np.ndarray]
 
 
 def _vector(values: np.ndarray, channels: int, name: str) -> np.ndarray:
+    import numpy as np
+
     array = np.asarray(values, dtype=np.float64)
     if array.size != channels:
         raise FoldError(
@@ -331,6 +350,8 @@ def _scale_kernel(
     kernel: np.ndarray, scale: np.ndarray, channel_axes: tuple[int, ...]
 ) -> np.ndarray:
     """Multiply every output-channel slice of the kernel by its scale."""
+    import numpy as np
+
     shape = [1] * kernel.ndim
     for axis in channel_axes:
         shape[axis] = kernel.shape[axis]
@@ -342,6 +363,8 @@ def _fold_bias(
     bias: np.ndarray | None, kernel_dtype: np.dtype, scale: np.ndarray, shift: np.ndarray
 ) -> np.ndarray:
     """BN(y + b) = (y + b) * scale + shift, so the new bias is b * scale + shift."""
+    import numpy as np
+
     if bias is None:
         return shift.astype(kernel_dtype)
     bias = np.asarray(bias)

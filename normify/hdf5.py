@@ -22,6 +22,7 @@ from typing import Any
 SIGNATURE = b"\x89HDF\r\n\x1a\n"
 UNDEFINED = 0xFFFFFFFFFFFFFFFF
 MAX_OBJECTS = 1_000_000  # headers, nodes and messages one read may visit
+_MESSAGE_HEADER = struct.Struct("<HH")  # an object header message's type and size
 
 
 class Corrupt(Exception):
@@ -71,8 +72,16 @@ class File:
         """`data`: the file's bytes, or anything that slices and `find`s like them (an
         mmap, a `Window` on a zip member)."""
         self.data = data
+        # Read through the underlying buffer at an offset, not through `Window` slicing:
+        # the primitives below run tens of thousands of times for a large model.
+        if isinstance(data, Window):
+            self._buffer, self._base = data.buffer, data.start
+        else:
+            self._buffer, self._base = data, 0
+        self._size = len(data)
         self.budget = MAX_OBJECTS
         self._nodes: dict[int, Node] = {}
+        self._heaps: dict[int, _GlobalHeap] = {}
         if len(data) < 64 or data[:8] != SIGNATURE:
             raise Corrupt("no HDF5 signature")
         version = self._byte(8)
@@ -123,15 +132,21 @@ class File:
             raise Corrupt("too many objects (a loop?)")
 
     def _bytes(self, position: int, size: int) -> bytes:
-        if position < 0 or size < 0 or position + size > len(self.data):
+        if position < 0 or size < 0 or position + size > self._size:
             raise Corrupt("a structure points past the end of the file")
-        return self.data[position : position + size]
+        start = self._base + position
+        return self._buffer[start : start + size]
 
     def _byte(self, position: int) -> int:
-        return self._bytes(position, 1)[0]
+        if position < 0 or position >= self._size:
+            raise Corrupt("a structure points past the end of the file")
+        return self._buffer[self._base + position]
 
     def _unsigned(self, position: int, size: int) -> int:
-        return int.from_bytes(self._bytes(position, size), "little")
+        if position < 0 or size < 0 or position + size > self._size:
+            raise Corrupt("a structure points past the end of the file")
+        start = self._base + position
+        return int.from_bytes(self._buffer[start : start + size], "little")
 
     def _offset(self, position: int) -> int:
         return self._unsigned(position, self.offset_size)
@@ -176,8 +191,7 @@ class File:
             self._bytes(start, length)
             while position + 8 <= end and read < count:
                 self._spend()
-                kind = self._unsigned(position, 2)
-                body_size = self._unsigned(position + 2, 2)
+                kind, body_size = _MESSAGE_HEADER.unpack(self._bytes(position, 4))
                 body = position + 8
                 if body + body_size > end:
                     raise Corrupt("an object header message overruns its block")
@@ -262,10 +276,11 @@ class File:
         start, size = heap
         if offset >= size:
             raise Corrupt("a name outside its heap")
-        end = self.data.find(b"\0", start + offset, start + size)
+        base = self._base
+        end = self._buffer.find(b"\0", base + start + offset, base + min(start + size, self._size))
         if end < 0:
             raise Corrupt("an unterminated name")
-        return self.data[start + offset : end].decode("utf-8", errors="replace")
+        return self._buffer[base + start + offset : end].decode("utf-8", errors="replace")
 
     def _link(self, body: int) -> tuple[str, int | None]:
         """A link message: (name, object header address), None for a soft or external
@@ -383,19 +398,42 @@ class File:
         return values[0] if not dims else values
 
     def _global(self, collection: int, index: int, length: int) -> bytes:
-        if self._bytes(collection, 4) != b"GCOL":
-            raise Corrupt("a string's global heap has no GCOL signature")
-        size = self._length(collection + 8)
-        position, end = collection + 8 + self.length_size, collection + size
-        self._bytes(collection, size)
-        while position + 8 + self.length_size <= end:
+        # A collection holds every string attribute of many objects: it is walked once,
+        # as far as the strings asked for so far, not again from its start for each.
+        heap = self._heaps.get(collection)
+        if heap is None:
+            if self._bytes(collection, 4) != b"GCOL":
+                raise Corrupt("a string's global heap has no GCOL signature")
+            size = self._length(collection + 8)
+            self._bytes(collection, size)
+            heap = self._heaps[collection] = _GlobalHeap(collection + 8 + self.length_size)
+            heap.end = collection + size
+        found = heap.objects.get(index)
+        while found is None and not heap.done and heap.position + 8 + self.length_size <= heap.end:
             self._spend()
-            number = self._unsigned(position, 2)
-            object_size = self._length(position + 8)
-            data = position + 8 + self.length_size
+            number = self._unsigned(heap.position, 2)
+            object_size = self._length(heap.position + 8)
+            data = heap.position + 8 + self.length_size
+            heap.objects.setdefault(number, (data, object_size))
             if number == index:
-                return self._bytes(data, min(length, object_size))
-            if number == 0:
+                found = heap.objects[number]
                 break
-            position = data + ((object_size + 7) & ~7)
-        raise Corrupt("a string missing from its global heap")
+            if number == 0:
+                heap.done = True
+                break
+            heap.position = data + ((object_size + 7) & ~7)
+        if found is None:
+            raise Corrupt("a string missing from its global heap")
+        data, object_size = found
+        return self._bytes(data, min(length, object_size))
+
+
+@dataclass
+class _GlobalHeap:
+    """How far a global heap collection has been walked, and the objects seen so far
+    (by number: the first of each, as a walk from the start would find it)."""
+
+    position: int
+    end: int = 0
+    done: bool = False
+    objects: dict[int, tuple[int, int]] = field(default_factory=dict)

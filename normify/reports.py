@@ -24,6 +24,19 @@ COUNTED = {
 }
 
 
+@dataclass(frozen=True)
+class PlannedRecalibration:
+    """A BatchNormalization a dry run would recalibrate."""
+
+    path: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"path": self.path}
+
+    def describe(self) -> str:
+        return f"recalibrate {self.path}"
+
+
 @dataclass
 class Report:
     """What one command did to one model."""

@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import numpy as np
 
-import hashlib
 import math
 import os
 from collections.abc import Iterable
@@ -265,6 +264,8 @@ class _Variable:
 
 def _digest(value: np.ndarray) -> bytes:
     """A fingerprint of dtype, shape and bits, so bit-exact copies are found by lookup."""
+    import hashlib
+
     import numpy as np
 
     hasher = hashlib.blake2b(digest_size=16)

@@ -192,11 +192,18 @@ def _snake(name: str) -> str:
 def check_archive(config: dict[str, Any], datasets: dict[str, tuple[int, ...]]) -> str | None:
     """The first layer of a Keras 3 `.keras` file whose stored weights do not fit, or
     None. `datasets` maps `layers/<group>/vars/<i>` paths to shapes."""
-    return _check_groups(config, datasets, "", "layers")
+    # the datasets by the group holding them, so each layer finds its own at once
+    groups: dict[str, list[tuple[str, tuple[int, ...]]]] = {}
+    for key, shape in datasets.items():
+        groups.setdefault(key.rsplit("/", 1)[0], []).append((key, shape))
+    return _check_groups(config, groups, "", "layers")
 
 
 def _check_groups(
-    model: dict[str, Any], datasets: dict[str, tuple[int, ...]], prefix: str, group: str
+    model: dict[str, Any],
+    groups: dict[str, list[tuple[str, tuple[int, ...]]]],
+    prefix: str,
+    group: str,
 ) -> str | None:
     used: dict[str, int] = {}
     for entry in layers_of(model) or []:
@@ -207,7 +214,7 @@ def _check_groups(
         path = f"{group}/{base}" + (f"_{used[base]}" if used[base] else "")
         name = prefix + layer_name(entry)
         if is_model_entry(entry):
-            found = _check_groups(entry, datasets, f"{name}/", f"{path}/layers")
+            found = _check_groups(entry, groups, f"{name}/", f"{path}/layers")
             if found is not None:
                 return found
             continue
@@ -221,7 +228,7 @@ def _check_groups(
             f"{path}/cell/vars" if entry["class_name"] in RECURRENT_GATES else f"{path}/vars"
         )
         stored = sorted(
-            ((key, shape) for key, shape in datasets.items() if key.rsplit("/", 1)[0] == variables),
+            groups.get(variables, ()),
             key=lambda item: (
                 int(item[0].rsplit("/", 1)[-1]) if item[0].rsplit("/", 1)[-1].isdigit() else -1
             ),

@@ -493,6 +493,67 @@ def test_no_backend_is_imported(code: str, tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
 
 
+# Nor do they import NumPy, rich (audit --json prints no table) or the rewrite machinery:
+# a pre-commit hook or CI job pays for every module at every start.
+HEAVY = ("numpy", "keras", "tensorflow", "jax", "torch", "rich", "hashlib", "h5py",
+         "normify.api", "normify.rebuild", "normify.verify", "normify.calibrate",
+         "normify.data", "normify.loading", "normify.saving", "normify.formats.keras2")  # fmt: skip
+REWRITING = ("normify.api", "normify.passes")  # what a dry run plans with; nothing else
+LEGACY = ("normify.formats.keras2",)  # the rules for files of older Keras, read there only
+NOTHING_HEAVY = """
+import sys
+heavy = sorted(m for m in sys.modules if m in {heavy!r} or m.split(".")[0] in {heavy!r})
+assert not heavy, heavy
+"""
+
+
+@pytest.mark.parametrize(
+    ("argv", "allowed"),
+    [
+        (["audit", str(CNN), "--json"], ()),
+        (["audit", str(CNN), str(MLP), "--json"], ()),
+        (["audit", str(FIXTURES), "--json", "--require", "dense=any"], LEGACY),
+        (["--version"], ()),
+        (["--help"], ()),
+        (["audit", "--help"], ()),
+        (["add", str(CNN), "--dry-run", "--json"], REWRITING),
+        (["add", str(CNN), "--dry-run"], REWRITING),
+        (["swap", str(CNN), "--from", "batchnorm", "--to", "layernorm", "--dry-run", "--json"],
+         REWRITING),
+        (["strip", str(CNN), "--dry-run", "--json"], REWRITING),
+        (["fold", str(CNN), "--dry-run", "--json"], REWRITING),
+        (["recalibrate", str(CNN), "--data", "x.npz", "--dry-run", "--json"], REWRITING),
+    ],
+    ids=["audit", "audit-two", "audit-folder", "version", "help", "audit-help", "add",
+         "add-table", "swap", "strip", "fold", "recalibrate"],
+)  # fmt: skip
+def test_no_backend_numpy_rich_or_rewrite_machinery_is_imported(
+    argv: list[str], allowed: tuple[str, ...], tmp_path: Path
+) -> None:
+    heavy = tuple(name for name in HEAVY + REWRITING if name not in allowed)
+    code = (
+        "import contextlib, io\n"
+        "from normify.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+        f"    main({argv!r}, standalone_mode=False)\n" + NOTHING_HEAVY.format(heavy=heavy)
+    )
+    result = run(["-c", code], tmp_path)
+    assert result.returncode == 0, result.stderr
+
+
+def test_no_backend_for_the_audit_table_and_rich_only_for_it(tmp_path: Path) -> None:
+    code = (
+        "import contextlib, io, sys\n"
+        "from normify.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        f"    main(['audit', {str(CNN)!r}], standalone_mode=False)\n"
+        "assert 'rich' in sys.modules\n"
+        + NOTHING_HEAVY.format(heavy=tuple(name for name in HEAVY if name != "rich"))
+    )
+    result = run(["-c", code], tmp_path)
+    assert result.returncode == 0, result.stderr
+
+
 @pytest.mark.parametrize("flag", ["--help", "--version"])
 def test_help_and_version_exit_zero(flag: str, tmp_path: Path) -> None:
     result = normify(flag, cwd=tmp_path)

@@ -25,7 +25,6 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any
 
-from normify.formats import keras1, keras2, tf_keras, tfop
 from normify.formats.base import (
     KERAS1,
     KERAS2,
@@ -40,12 +39,20 @@ from normify.formats.base import (
 )
 from normify.formats.origin import origin_of
 
-STAGES: dict[str, tuple[Stage, ...]] = {
-    KERAS1: (keras1.STAGE, keras2.STAGE),
-    KERAS2: (keras2.STAGE,),
-    TF_KERAS: (tf_keras.STAGE, keras2.STAGE, tfop.STAGE),
-    KERAS3: (),
-}
+
+def stages(generation: str) -> tuple[Stage, ...]:
+    """The rules that translate a config of `generation` into Keras 3's, in order. Their
+    modules (large tables of layers and operations) are imported only when a file of an
+    older Keras is read: a Keras 3 file needs none of them."""
+    if generation == KERAS3:
+        return ()
+    from normify.formats import keras1, keras2, tf_keras, tfop
+
+    return {
+        KERAS1: (keras1.STAGE, keras2.STAGE),
+        KERAS2: (keras2.STAGE,),
+        TF_KERAS: (tf_keras.STAGE, keras2.STAGE, tfop.STAGE),
+    }[generation]
 
 
 @dataclass
@@ -77,7 +84,7 @@ def translate(
     config.pop("compile_config", None)
     context = Context(origin, custom_names)
     try:
-        for stage in STAGES[origin.generation]:
+        for stage in stages(origin.generation):
             stage.apply(config, context)
     except FormatError:
         raise
