@@ -35,6 +35,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from helpers import as_numpy
 from hypothesis import strategies as st
 
 ACTIVATIONS = ("relu", "tanh", "linear", "sigmoid", "gelu")
@@ -713,7 +714,7 @@ def feed(description: dict, arrays: list[np.ndarray]) -> Any:
 def flat_outputs(outputs: Any) -> list[np.ndarray]:
     """A model's outputs as a list of arrays (a dict in key order)."""
     if isinstance(outputs, dict):
-        return [np.asarray(outputs[key]) for key in sorted(outputs)]
+        return [as_numpy(outputs[key]) for key in sorted(outputs)]
     if isinstance(outputs, (list, tuple)):
-        return [np.asarray(output) for output in outputs]
-    return [np.asarray(outputs)]
+        return [as_numpy(output) for output in outputs]
+    return [as_numpy(outputs)]

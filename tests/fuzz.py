@@ -52,6 +52,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from helpers import as_numpy
+
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "fixtures"
 ERROR_PREFIX = "normify: error: "
@@ -1255,15 +1257,14 @@ def _random_inputs(fixture: str, model: Any) -> list[Any] | None:
 
 
 def _predict(model: Any, inputs: list[Any]) -> list[Any]:
-    import numpy as np
 
     # a direct call: predict() traces a function per model, seconds per case
     outputs = model(inputs[0] if len(inputs) == 1 else inputs, training=False)
     if isinstance(outputs, dict):
-        return [np.asarray(outputs[key]) for key in sorted(outputs)]
+        return [as_numpy(outputs[key]) for key in sorted(outputs)]
     if isinstance(outputs, (list, tuple)):
-        return [np.asarray(output) for output in outputs]
-    return [np.asarray(outputs)]
+        return [as_numpy(output) for output in outputs]
+    return [as_numpy(outputs)]
 
 
 if __name__ == "__main__":

@@ -8,6 +8,18 @@ from typing import Any
 import numpy as np
 
 
+def as_numpy(value: Any, dtype: Any = None) -> np.ndarray:
+    """`np.asarray` that also takes a backend tensor, as a detached copy: a PyTorch
+    output that requires grad cannot become NumPy directly."""
+    if not isinstance(value, (np.ndarray, np.generic, list, tuple, int, float, bool)) and hasattr(
+        value, "shape"
+    ):
+        import keras
+
+        value = keras.ops.convert_to_numpy(value)
+    return np.asarray(value) if dtype is None else np.asarray(value, dtype)
+
+
 def inputs_for(spec: dict[str, dict[str, Any]], batch: int = 6, seed: int = 7) -> list[np.ndarray]:
     """Random inputs following a fixture manifest's input specs (in input order)."""
     rng = np.random.default_rng(seed)
@@ -26,10 +38,10 @@ def inputs_for(spec: dict[str, dict[str, Any]], batch: int = 6, seed: int = 7) -
 def predict(model: Any, inputs: list[np.ndarray]) -> list[np.ndarray]:
     outputs = model.predict(inputs[0] if len(inputs) == 1 else inputs, verbose=0)
     if isinstance(outputs, dict):
-        return [np.asarray(outputs[key]) for key in sorted(outputs)]
+        return [as_numpy(outputs[key]) for key in sorted(outputs)]
     if isinstance(outputs, (list, tuple)):
-        return [np.asarray(output) for output in outputs]
-    return [np.asarray(outputs)]
+        return [as_numpy(output) for output in outputs]
+    return [as_numpy(outputs)]
 
 
 def max_relative_difference(before: list[np.ndarray], after: list[np.ndarray]) -> float:

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from conftest import FIXTURES
+from helpers import as_numpy
 
 import normify
 from normify.cli import main
@@ -61,7 +62,7 @@ def test_mlp_statistics_dead_units_and_growth():
     expected = {}
     for name in rows:
         sub = keras.Model(model.inputs, model.get_layer(name).output)
-        expected[name] = _summary(np.asarray(sub.predict(x, verbose=0)))
+        expected[name] = _summary(as_numpy(sub.predict(x, verbose=0)))
         _check(rows[name], expected[name])
     # dead ReLU units: channels never positive on any sample
     dead = (expected["dense_1"]["rows"] <= 0).all(0).mean()
@@ -86,12 +87,12 @@ def test_masked_steps_are_left_out():
     rows = {row.path: row for row in report.activity.layers}
     for name in ("gru", "time_distributed"):
         sub = keras.Model(model.inputs, model.get_layer(name).output)
-        values = np.asarray(sub.predict(tokens, verbose=0))
+        values = as_numpy(sub.predict(tokens, verbose=0))
         expected = _summary(values, mask=mask)
         assert expected["positions"] == int(mask.sum()) < tokens.size
         _check(rows[name], expected)
     # the GRU's tanh output: saturated values within 0.01 of -1 or 1
-    gru = _summary(np.asarray(keras.Model(model.inputs, model.get_layer("gru").output)(tokens)),
+    gru = _summary(as_numpy(keras.Model(model.inputs, model.get_layer("gru").output)(tokens)),
                    mask=mask)  # fmt: skip
     assert rows["gru"].saturated == pytest.approx((np.abs(gru["rows"]) >= 0.99).mean())
 
@@ -106,21 +107,21 @@ def test_separate_activation_and_batchnorm_gap():
     conv = rows["conv2d"]
     assert conv.activation == "relu" and conv.activation_layer is not None
     relu = model.get_layer(conv.activation_layer.rsplit("/", 1)[-1])
-    after = np.asarray(keras.Model(model.inputs, relu.output)(images))
+    after = as_numpy(keras.Model(model.inputs, relu.output)(images))
     assert conv.dead == pytest.approx((after.reshape(-1, after.shape[-1]) <= 0).all(0).mean())
     _check(
         conv,
-        _summary(np.asarray(keras.Model(model.inputs, model.get_layer("conv2d").output)(images))),
+        _summary(as_numpy(keras.Model(model.inputs, model.get_layer("conv2d").output)(images))),
     )
     gaps = {gap.path: gap for gap in report.activity.batchnorms}
     assert set(gaps) == {"batch_normalization", "batch_normalization_1"}
     for name, gap in gaps.items():
         layer = model.get_layer(name)
-        inputs = np.asarray(keras.Model(model.inputs, layer.input)(images), dtype=np.float64)
+        inputs = as_numpy(keras.Model(model.inputs, layer.input)(images), dtype=np.float64)
         rows_in = inputs.reshape(-1, inputs.shape[-1])
         mean, var = rows_in.mean(0), rows_in.var(0)
-        moving_mean = np.asarray(layer.moving_mean, dtype=np.float64)
-        moving_var = np.asarray(layer.moving_variance, dtype=np.float64)
+        moving_mean = as_numpy(layer.moving_mean, dtype=np.float64)
+        moving_var = as_numpy(layer.moving_variance, dtype=np.float64)
         shift = np.abs(mean - moving_mean) / np.sqrt(moving_var + layer.epsilon)
         ratio = var / moving_var
         assert gap.mean_shift == pytest.approx(shift.max(), rel=1e-4)
@@ -147,7 +148,7 @@ def test_nested_and_shared_layers():
     assert "encoder/dense" in rows and "head/dense_2" in rows
     encoder = nested.get_layer("encoder")
     inner = keras.Model(encoder.inputs, encoder.get_layer("dense").output)
-    _check(rows["encoder/dense"], _summary(np.asarray(inner(x))))
+    _check(rows["encoder/dense"], _summary(as_numpy(inner(x))))
 
     shared = _load("shared_dense.keras")
     left = RNG.normal(size=(30, 10)).astype("float32")
@@ -157,7 +158,7 @@ def test_nested_and_shared_layers():
     layer = shared.get_layer("shared")
     outputs = [node.output_tensors[0] for node in layer._inbound_nodes]
     both = keras.Model(shared.inputs, outputs)([left, right])
-    _check(row, _summary(np.concatenate([np.asarray(v) for v in both])))  # every call counts
+    _check(row, _summary(np.concatenate([as_numpy(v) for v in both])))  # every call counts
 
 
 def test_hint_on_an_unnormalized_layer_whose_channels_differ():

@@ -288,7 +288,5 @@ def test_return_state_layers_normalize_only_the_sequence(rewritten):
     state_sources = {t._keras_history[0].name for t in decoder_node.input_tensors[1:]}
     assert state_sources == {"lstm"}
     # the encoder's sequence output is unused: nothing to normalize, and the report says so
-    skipped = {
-        skip.path: skip.reason for skip in rewritten["seq2seq.keras"]["result"].report.kept
-    }
+    skipped = {skip.path: skip.reason for skip in rewritten["seq2seq.keras"]["result"].report.kept}
     assert skipped["lstm"].startswith("its main output is unused")

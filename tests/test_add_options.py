@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from conftest import FIXTURES
-from helpers import layers_by_path, max_relative_difference, own_variables
+from helpers import as_numpy, layers_by_path, max_relative_difference, own_variables
 
 import normify
 from normify.errors import NormifyError
@@ -28,7 +28,7 @@ def _randomize(model, seed=0):
 
 def _drift(a, b, x):
     return max_relative_difference(
-        [np.asarray(a.predict(x, verbose=0))], [np.asarray(b.predict(x, verbose=0))]
+        [as_numpy(a.predict(x, verbose=0))], [as_numpy(b.predict(x, verbose=0))]
     )
 
 

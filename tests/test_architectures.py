@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import max_relative_difference
+from helpers import as_numpy, max_relative_difference
 
 import normify
 from normify.drift import random_inputs
@@ -126,7 +126,7 @@ def _outputs(model, feed):
         outputs = [outputs[key] for key in sorted(outputs)]
     elif not isinstance(outputs, (list, tuple)):
         outputs = [outputs]
-    return [np.asarray(output) for output in outputs]
+    return [as_numpy(output) for output in outputs]
 
 
 @pytest.mark.parametrize("name", sorted(ARCHITECTURES))
@@ -183,8 +183,8 @@ def test_keras_applications_keep_predictions(application):
     before = keras.Model(model.inputs, model.get_layer(features).output)(feed)
     node = result.model.get_layer(features)._inbound_nodes[-1]
     after = keras.Model(result.model.inputs, node.output_tensors[0])(feed)
-    before, after = np.asarray(before), np.asarray(after)
+    before, after = as_numpy(before), as_numpy(after)
     assert np.max(np.abs(before)) > 1e-3
     assert np.max(np.abs(before - after)) <= TOLERANCE * np.max(np.abs(before))
-    probabilities = [np.asarray(model(feed)), np.asarray(result.model(feed))]
+    probabilities = [as_numpy(model(feed)), as_numpy(result.model(feed))]
     assert np.max(np.abs(probabilities[0] - probabilities[1])) <= TOLERANCE

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from conftest import FIXTURES
-from helpers import files_in, max_relative_difference, predict_in_fresh_process, run_cli
+from helpers import as_numpy, files_in, max_relative_difference, predict_in_fresh_process, run_cli
 
 import normify
 from normify.cli import main
@@ -30,14 +30,14 @@ TRAINING_CLOSE = 0.05  # relative: calibrated BatchNormalization in training mod
 
 def _stats(values: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel mean and population variance over every axis but `axis` (float64)."""
-    flat = np.moveaxis(np.asarray(values, np.float64), axis, -1)
+    flat = np.moveaxis(as_numpy(values, np.float64), axis, -1)
     flat = flat.reshape(-1, flat.shape[-1])
     return flat.mean(0), flat.var(0)
 
 
 def _weights(layer) -> dict[str, np.ndarray]:
     """A layer's variables by their own name (`kernel`, `bias`, `gamma`, ...), in float64."""
-    return {v.path.rsplit("/", 1)[-1]: np.asarray(v.numpy(), np.float64) for v in layer.weights}
+    return {v.path.rsplit("/", 1)[-1]: as_numpy(v.numpy(), np.float64) for v in layer.weights}
 
 
 def _relu(x):
@@ -45,21 +45,21 @@ def _relu(x):
 
 
 def _predict(model, x) -> np.ndarray:
-    return np.asarray(model.predict(x, verbose=0))
+    return as_numpy(model.predict(x, verbose=0))
 
 
 def _training_output(model, x) -> np.ndarray:
     """model(x, training=True), without keeping the moving-statistics update Keras makes."""
     saved = [variable.numpy() for variable in model.non_trainable_weights]
     try:
-        return np.asarray(model(x, training=True))
+        return as_numpy(model(x, training=True))
     finally:
         for variable, value in zip(model.non_trainable_weights, saved, strict=True):
             variable.assign(value)
 
 
 def _relative(reference: np.ndarray, other: np.ndarray) -> float:
-    reference, other = np.asarray(reference, np.float64), np.asarray(other, np.float64)
+    reference, other = as_numpy(reference, np.float64), as_numpy(other, np.float64)
     return float(np.max(np.abs(reference - other)) / np.max(np.abs(reference)))
 
 
@@ -97,7 +97,7 @@ def _pre_bias_output(original, name: str, x: np.ndarray) -> np.ndarray:
     clone.build(inputs.shape)
     kernels = {v.path.rsplit("/", 1)[-1]: v.numpy() for v in layer.weights}
     clone.set_weights([kernels[v.path.rsplit("/", 1)[-1]] for v in clone.weights])
-    return np.asarray(clone(inputs))
+    return as_numpy(clone(inputs))
 
 
 def _bias(layer, channels: int) -> np.ndarray:
@@ -106,20 +106,20 @@ def _bias(layer, channels: int) -> np.ndarray:
 
 
 def _layer_norm(x: np.ndarray, epsilon: float) -> np.ndarray:
-    x = np.asarray(x, np.float64)
+    x = as_numpy(x, np.float64)
     mean = x.mean(-1, keepdims=True)
     return (x - mean) / np.sqrt(x.var(-1, keepdims=True) + epsilon)
 
 
 def _rms_norm(x: np.ndarray, epsilon: float) -> np.ndarray:
-    x = np.asarray(x, np.float64)
+    x = as_numpy(x, np.float64)
     return x / np.sqrt(np.mean(x * x, -1, keepdims=True) + epsilon)
 
 
 def _least_squares(n: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel fit x ≈ gamma·n + beta by np.polyfit (last axis is the channel)."""
-    n2 = np.asarray(n, np.float64).reshape(-1, n.shape[-1])
-    x2 = np.asarray(x, np.float64).reshape(-1, x.shape[-1])
+    n2 = as_numpy(n, np.float64).reshape(-1, n.shape[-1])
+    x2 = as_numpy(x, np.float64).reshape(-1, x.shape[-1])
     fits = [np.polyfit(n2[:, c], x2[:, c], 1) for c in range(n2.shape[1])]
     return np.array([f[0] for f in fits]), np.array([f[1] for f in fits])
 
@@ -321,7 +321,7 @@ def test_calibrate_dense_layernorm_and_rmsnorm_fit_per_channel(norm):
 
 def _group_norm(x: np.ndarray, groups: int, epsilon: float) -> np.ndarray:
     """GroupNormalization (gamma 1, beta 0) of channels_last x, per sample and group."""
-    x = np.asarray(x, np.float64)
+    x = as_numpy(x, np.float64)
     grouped = x.reshape(*x.shape[:-1], groups, x.shape[-1] // groups)
     axes = tuple(range(1, grouped.ndim - 2)) + (grouped.ndim - 1,)
     mean = grouped.mean(axes, keepdims=True)
@@ -477,7 +477,7 @@ def _numpy_recalibration(model, x) -> dict[str, np.ndarray]:
     d1, d2, out = (_weights(model.get_layer(name)) for name in ("d1", "d2", "out"))
     bn1, bn2 = (_weights(model.get_layer(name)) for name in ("bn1", "bn2"))
     eps1, eps2 = (model.get_layer(name).epsilon for name in ("bn1", "bn2"))
-    z1 = np.asarray(x, np.float64) @ d1["kernel"] + d1["bias"]
+    z1 = as_numpy(x, np.float64) @ d1["kernel"] + d1["bias"]
     mean1, var1 = z1.mean(0), z1.var(0)
     a1 = _relu(bn1["gamma"] * (z1 - mean1) / np.sqrt(var1 + eps1) + bn1["beta"])
     z2 = a1 @ d2["kernel"] + d2["bias"]
@@ -604,8 +604,8 @@ def test_recalibrate_conv_fixture_each_batchnorm_holds_its_inputs_statistics(nam
     assert [change.path for change in result.report.changes] == bns and len(bns) == 6
     model = result.model
     taps = keras.Model(model.inputs, [model.get_layer(bn).input for bn in bns])
-    used = [np.asarray(v) for v in taps([data[:72]], training=False)]
-    every = [np.asarray(v) for v in taps([data], training=False)]
+    used = [as_numpy(v) for v in taps([data[:72]], training=False)]
+    every = [as_numpy(v) for v in taps([data], training=False)]
     for bn_name, x, x_all in zip(bns, used, every, strict=True):
         layer = model.get_layer(bn_name)
         axis, rank = layer.axis, len(layer.input.shape)

@@ -10,6 +10,8 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
+from helpers import as_numpy  # noqa: E402
+
 from normify.callbacks import RecalibrateBatchNorm  # noqa: E402
 from normify.errors import NormifyError  # noqa: E402
 
@@ -32,13 +34,13 @@ def _model() -> keras.Model:
 def _exact_statistics(model: keras.Model, name: str, x: np.ndarray) -> tuple[np.ndarray, ...]:
     """The mean and population variance of a BatchNormalization's input over all of x."""
     layer = model.get_layer(name)
-    inputs = np.asarray(keras.Model(model.inputs, layer.input).predict(x, verbose=0), np.float64)
+    inputs = as_numpy(keras.Model(model.inputs, layer.input).predict(x, verbose=0), np.float64)
     return inputs.mean(0), inputs.var(0)
 
 
 def _moving(model: keras.Model, name: str) -> tuple[np.ndarray, ...]:
     layer = model.get_layer(name)
-    return np.asarray(layer.moving_mean), np.asarray(layer.moving_variance)
+    return as_numpy(layer.moving_mean), as_numpy(layer.moving_variance)
 
 
 def test_end_of_training_gives_exact_statistics(capsys) -> None:

@@ -98,9 +98,7 @@ def test_add_json_schema(tmp_path):
     result = run("add", FIXTURES / "text_bilstm.keras", "-o", tmp_path / "out.keras", "--json")
     assert result.exit_code == 0
     payload = json.loads(result.output)
-    assert {"model", "changes", "kept", "drift", "notices", "output", "dry_run"} <= set(
-        payload
-    )
+    assert {"model", "changes", "kept", "drift", "notices", "output", "dry_run"} <= set(payload)
     first = payload["changes"][0]
     assert {"path", "norm", "position", "name"} <= set(first)
     assert (first["path"], first["norm"], first["name"]) == (

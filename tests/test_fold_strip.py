@@ -21,6 +21,7 @@ keras = pytest.importorskip("keras")
 
 from conftest import FIXTURES, MANIFEST  # noqa: E402
 from helpers import (  # noqa: E402
+    as_numpy,
     inputs_for,
     is_model,
     layers_by_path,
@@ -50,7 +51,7 @@ ROUND_TRIP_TOLERANCE = 1e-6  # strip after add, relative to max(1, max |output|)
 
 def relative(before: np.ndarray, after: np.ndarray) -> float:
     """Max abs difference over the largest absolute value of `before`."""
-    before, after = np.asarray(before, np.float64), np.asarray(after, np.float64)
+    before, after = as_numpy(before, np.float64), as_numpy(after, np.float64)
     assert before.shape == after.shape
     scale = float(np.max(np.abs(before)))
     assert np.all(np.isfinite(before)) and scale > 0
@@ -61,10 +62,10 @@ def call(model: Any, inputs: list[np.ndarray]) -> list[np.ndarray]:
     """Eager inference call (the path `normify`'s own drift uses too)."""
     outputs = model(inputs[0] if len(inputs) == 1 else inputs, training=False)
     if isinstance(outputs, dict):
-        return [np.asarray(outputs[key]) for key in sorted(outputs)]
+        return [as_numpy(outputs[key]) for key in sorted(outputs)]
     if isinstance(outputs, (list, tuple)):
-        return [np.asarray(output) for output in outputs]
-    return [np.asarray(outputs)]
+        return [as_numpy(output) for output in outputs]
+    return [as_numpy(outputs)]
 
 
 def classes_by_path(model: Any) -> dict[str, str]:
@@ -516,8 +517,8 @@ def applications(tmp_path_factory):
 def test_keras_application_fold_keeps_pooled_features(applications, name):
     _, built = applications
     model, result, images, _ = built[name]
-    before = np.asarray(model(images, training=False))
-    after = np.asarray(result.model(images, training=False))
+    before = as_numpy(model(images, training=False))
+    after = as_numpy(result.model(images, training=False))
     assert np.all(np.isfinite(before)) and float(np.std(before)) > 0
     assert relative(before, after) <= APPLICATION_TOLERANCE
     count = sum(isinstance(layer, L.BatchNormalization) for layer in model.layers)
@@ -555,7 +556,7 @@ def test_folded_applications_reload_in_a_fresh_process(applications):
     assert completed.returncode == 0, completed.stderr[-2000:]
     reloaded = np.load(folder / "reloaded.npz")
     for name, (_, result, images, _) in built.items():
-        expected = np.asarray(result.model(images, training=False))
+        expected = as_numpy(result.model(images, training=False))
         assert relative(expected, reloaded[name]) <= 1e-6, name
         assert int(reloaded[name + "_bn"]) == len(result.report.kept)
 
@@ -672,7 +673,7 @@ def _independent_layer_drift(model: Any, path: str) -> dict[str, float]:
     layer = model.get_layer(path)
     probe = keras.Model(model.inputs[0], [layer.input, layer.output])
     [inputs] = random_inputs(model)  # partial_bn_cnn has one input
-    before, after = (np.asarray(t, np.float64) for t in probe(inputs, training=False))
+    before, after = (as_numpy(t, np.float64) for t in probe(inputs, training=False))
     diff = float(np.max(np.abs(after - before)))
     return {"max_abs": diff, "relative": diff / float(np.max(np.abs(after)))}
 

@@ -17,6 +17,8 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
+from helpers import as_numpy  # noqa: E402
+
 from normify.folding import (  # noqa: E402
     BatchNormParams,
     FoldError,
@@ -175,7 +177,7 @@ def _bias_add_is_ambiguous(shape: tuple[int, ...], axis: int) -> bool:
 
 def _output(layer: Any, x: np.ndarray, axis: int) -> np.ndarray:
     """layer(x), adding the bias by hand where Keras itself would add it on the wrong axis."""
-    y = np.asarray(layer(x))
+    y = as_numpy(layer(x))
     weights = _relative_weights(layer)
     bias_key = _bias_key(layer)
     if not _bias_add_is_ambiguous(y.shape, axis) or bias_key not in weights:
@@ -189,7 +191,7 @@ def _output(layer: Any, x: np.ndarray, axis: int) -> np.ndarray:
         variable.assign(weights[key])
     shape = [1] * y.ndim
     shape[axis] = y.shape[axis]
-    return np.asarray(no_bias(x)) + np.asarray(weights[bias_key].numpy()).reshape(shape)
+    return as_numpy(no_bias(x)) + as_numpy(weights[bias_key].numpy()).reshape(shape)
 
 
 def _randomize(layer: Any, rng: np.random.Generator) -> None:
@@ -209,7 +211,7 @@ def _randomize_bn(bn: Any, rng: np.random.Generator) -> BatchNormParams:
     }
     for key, variable in variables.items():
         variable.assign(values[key].astype("float32"))
-    numpy = {key: np.asarray(variable.numpy()) for key, variable in variables.items()}
+    numpy = {key: as_numpy(variable.numpy()) for key, variable in variables.items()}
     config = bn.get_config()
     return BatchNormParams(
         gamma=numpy.get("gamma"),
@@ -229,14 +231,14 @@ def _check_fold(case: Case, use_bias: bool, **bn_options: Any) -> None:
     bn(layer(x))
     _randomize(layer, rng)
     params = _randomize_bn(bn, rng)
-    reference = np.asarray(bn(_output(layer, x, case.axis), training=False))
+    reference = as_numpy(bn(_output(layer, x, case.axis), training=False))
     # Pin down which cases take the hand-added bias, so a shape edit cannot change it silently.
     assert _bias_add_is_ambiguous(reference.shape, case.axis) == case.ambiguous
 
     class_name = type(layer).__name__
     config = layer.get_config()
     assert fold_reason(class_name, config, params.axis) is None
-    weights = {key: np.asarray(v.numpy()) for key, v in _relative_weights(layer).items()}
+    weights = {key: as_numpy(v.numpy()) for key, v in _relative_weights(layer).items()}
     folded = fold_batchnorm(class_name, config, weights, params)
 
     assert set(folded) == set(weights) | {_bias_key(layer)}

@@ -29,9 +29,11 @@ from normify.loading import load_model
 from normify.saving import save_model
 
 FORMATS = FIXTURES / "formats"
-NAMES = sorted(
-    path.name for path in FORMATS.iterdir() if path.suffix in (".h5", ".keras")
-) if FORMATS.is_dir() else []
+NAMES = (
+    sorted(path.name for path in FORMATS.iterdir() if path.suffix in (".h5", ".keras"))
+    if FORMATS.is_dir()
+    else []
+)
 
 
 def sidecar(name: str) -> dict:

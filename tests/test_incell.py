@@ -285,9 +285,7 @@ def test_dry_run_plan_from_the_file_equals_what_add_does() -> None:
         rules = normify.Rules(rnn="layernorm-cell")
         planned = normify.plan(FIXTURES / name, rules)
         done = normify.add(FIXTURES / name, rnn="layernorm-cell")
-        assert [i.to_json() for i in planned.changes] == [
-            i.to_json() for i in done.report.changes
-        ]
+        assert [i.to_json() for i in planned.changes] == [i.to_json() for i in done.report.changes]
 
 
 def test_layernorm_cell_is_for_recurrent_layers_only() -> None:

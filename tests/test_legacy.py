@@ -21,6 +21,7 @@ import h5py
 import numpy as np
 import pytest
 from conftest import FIXTURES
+from helpers import as_numpy
 
 import normify
 from normify import formats
@@ -93,7 +94,7 @@ def expected(name: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
 
 def predictions(model, inputs: list[np.ndarray]) -> list[np.ndarray]:
     outputs = model.predict(inputs[0] if len(inputs) == 1 else inputs, verbose=0)
-    return [np.asarray(o) for o in (outputs if isinstance(outputs, (list, tuple)) else [outputs])]
+    return [as_numpy(o) for o in (outputs if isinstance(outputs, (list, tuple)) else [outputs])]
 
 
 # ----------------------------------------------------------------------------- loading
@@ -276,6 +277,7 @@ def test_add_outputs_load_in_plain_keras3_with_the_original_predictions(added):
 import json, sys
 import numpy as np
 import keras
+from helpers import as_numpy
 report = {}
 for case in json.loads(sys.argv[1]):
     model = keras.saving.load_model(case["model"])

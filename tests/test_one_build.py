@@ -14,7 +14,7 @@ import zipfile
 import numpy as np
 import pytest
 from conftest import FIXTURES
-from helpers import predict_in_fresh_process
+from helpers import as_numpy, predict_in_fresh_process
 from test_architectures import ARCHITECTURES
 
 import normify
@@ -229,7 +229,7 @@ def test_one_build_output_reloads_in_a_fresh_process(tmp_path, monkeypatch):
     assert spy.taken == [True]
     output = save_model(result.model, tmp_path / "rewritten.keras")
     inputs = np.random.default_rng(0).standard_normal((5, 4)).astype("float32")
-    expected = np.asarray(model(inputs, training=False))
+    expected = as_numpy(model(inputs, training=False))
     reloaded = predict_in_fresh_process(output, inputs, tmp_path)
     assert np.max(np.abs(reloaded - expected)) <= 1e-5 * max(1.0, np.max(np.abs(expected)))
 

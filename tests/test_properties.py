@@ -54,6 +54,7 @@ from architectures import (
     randomize_weights,
 )
 from helpers import (
+    as_numpy,
     graph_structure,
     is_model,
     layers_by_path,
@@ -315,7 +316,7 @@ def test_identity_batchnorm_is_bit_exact_for_any_channel_count(units):
     before = keras.Model(model.inputs, model.get_layer("dense").output)([batch])
     new = result.model
     after = keras.Model(new.inputs, new.get_layer("dense_act").output)([batch])
-    assert np.array_equal(np.asarray(before), np.asarray(after))
+    assert np.array_equal(as_numpy(before), as_numpy(after))
 
 
 @pytest.mark.parametrize("nested", ["Sequential", "Functional"])

@@ -7,6 +7,7 @@ per stock/normalized pair, refuses to record smoke numbers, and writes only its 
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -70,10 +71,9 @@ def test_write_results_replaces_only_its_section(tmp_path: Path) -> None:
     assert completed.returncode == 0, completed.stderr
     text = results.read_text(encoding="utf-8")
     assert other in text
-    start, end = (
-        text.index("<!-- rnn_cell_speed:start -->"),
-        text.index("<!-- rnn_cell_speed:end -->"),
-    )
+    backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+    name = "rnn_cell_speed" if backend == "tensorflow" else f"rnn_cell_speed_{backend}"
+    start, end = text.index(f"<!-- {name}:start -->"), text.index(f"<!-- {name}:end -->")
     section = text[start:end]
     assert HEADER in section and "| 5 |" in section
     assert "Smoke run" not in section

@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 from conftest import FIXTURES
-from helpers import files_in, predict_in_fresh_process, run_cli
+from helpers import as_numpy, files_in, predict_in_fresh_process, run_cli
 
 import normify
 from normify.drift import random_inputs
@@ -43,7 +43,7 @@ def _axes(layer, rank: int) -> set[int]:
 
 
 def _predict(model, x) -> np.ndarray:
-    return np.asarray(model.predict(x, verbose=0))
+    return as_numpy(model.predict(x, verbose=0))
 
 
 def _at(model, name: str, x) -> np.ndarray:
@@ -52,19 +52,19 @@ def _at(model, name: str, x) -> np.ndarray:
 
 
 def _max_abs(a, b) -> float:
-    return float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
+    return float(np.max(np.abs(as_numpy(a, np.float64) - as_numpy(b, np.float64))))
 
 
 def _layer_norm(x: np.ndarray, epsilon: float) -> np.ndarray:
-    x = np.asarray(x, np.float64)
+    x = as_numpy(x, np.float64)
     return (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + epsilon)
 
 
 def _least_squares(n: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel fit y ≈ gamma·n + beta by np.polyfit (last axis is the channel). A
     channel where n is constant (a dead ReLU unit) has no unique fit: NaN there."""
-    n2 = np.asarray(n, np.float64).reshape(-1, n.shape[-1])
-    y2 = np.asarray(y, np.float64).reshape(-1, y.shape[-1])
+    n2 = as_numpy(n, np.float64).reshape(-1, n.shape[-1])
+    y2 = as_numpy(y, np.float64).reshape(-1, y.shape[-1])
     gamma, beta = np.full(n2.shape[1], np.nan), np.full(n2.shape[1], np.nan)
     for c in range(n2.shape[1]):
         if np.ptp(n2[:, c]) > 1e-6:
@@ -245,7 +245,7 @@ def test_swap_to_layernorm_with_data_is_a_least_squares_fit_and_drifts_less(part
     plain = normify.swap(PARTIAL, from_norm="batchnorm", to_norm="layernorm")
     # the first swapped layer sees the original's conv2d output in both models
     old = partial.get_layer("batch_normalization")
-    x = np.asarray(_at(partial, "conv2d", data), np.float64)
+    x = as_numpy(_at(partial, "conv2d", data), np.float64)
     target = _bn_output(x, _weights(old), old.epsilon)
     layer = fitted.model.get_layer("batch_normalization")
     gamma, beta = _least_squares(_layer_norm(x, layer.epsilon), target)
@@ -272,7 +272,7 @@ def test_swap_to_groupnorm_and_rmsnorm_with_data_fit_per_channel(partial, to_nor
     fitted = normify.swap(PARTIAL, from_norm="batchnorm", to_norm=to_norm, data=data)
     plain = normify.swap(PARTIAL, from_norm="batchnorm", to_norm=to_norm)
     old = partial.get_layer("batch_normalization")
-    x = np.asarray(_at(partial, "conv2d", data), np.float64)
+    x = as_numpy(_at(partial, "conv2d", data), np.float64)
     target = _bn_output(x, _weights(old), old.epsilon)
     layer = fitted.model.get_layer("batch_normalization")
     got = _weights(layer)
@@ -299,7 +299,7 @@ def test_swap_to_batchnorm_with_data_gets_exact_statistics_and_a_fit(partial):
     fitted = normify.swap(PARTIAL, from_norm="layernorm", to_norm="batchnorm", data=data)
     plain = normify.swap(PARTIAL, from_norm="layernorm", to_norm="batchnorm")
     old = partial.get_layer("layer_normalization")
-    x = np.asarray(_at(partial, "dropout", data), np.float64)  # the norm's input
+    x = as_numpy(_at(partial, "dropout", data), np.float64)  # the norm's input
     bn = fitted.model.get_layer("layer_normalization")
     got = _weights(bn)
     np.testing.assert_allclose(got["moving_mean"], x.mean(0), rtol=1e-5, atol=1e-6)
