@@ -273,7 +273,7 @@ def _check_axis(target: _Target, bn_axis: int | Sequence[int]) -> None:
 
 def _single_axis(bn_axis: int | Sequence[int]) -> int:
     """A BN normalizing over several axes has no per-output-channel form."""
-    if _is_integer(bn_axis):
+    if isinstance(bn_axis, int) or _is_integer(bn_axis):
         return int(bn_axis)  # type: ignore[arg-type]
     axes = list(bn_axis)
     if len(axes) != 1:
