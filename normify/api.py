@@ -77,7 +77,8 @@ def _audit_with_data(
     calibration = _calibration_data(
         data, model, batch_size, max_samples, quiet, "passing data through the model"
     )
-    assert calibration is not None
+    if calibration is None:
+        raise NormifyError("audit from data needs data to pass through the model")
     report.activity = measure(
         model, graph, report.rows, calibration.batches, calibration.data.samples
     )

@@ -73,7 +73,8 @@ class _AffineFit:
         self.count += n2.shape[0]
 
     def solve(self) -> tuple[np.ndarray, np.ndarray]:
-        assert self.sums is not None
+        if self.sums is None:
+            raise NormifyError("no data reached the layer being fitted")
         s, c = self.sums, self.count
         if not self.with_offset:
             return s["nx"] / np.maximum(s["nn"], 1e-12), np.zeros_like(s["n"])

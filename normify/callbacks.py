@@ -102,7 +102,8 @@ class RecalibrateBatchNorm(_keras().callbacks.Callback):  # type: ignore[misc]
 
         if self._calibration is None:
             self.on_train_begin()
-        assert self._paths is not None
+        if self._paths is None:
+            raise NormifyError("RecalibrateBatchNorm is not attached to a model (pass it to fit)")
         changes = (
             recalibrate_batchnorms(self.model, self._paths, self._calibration.batches)
             if self._paths

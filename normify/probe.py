@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from normify.errors import NormifyError
 from normify.graph import iter_leaves
 
 INPUT = "input"
@@ -157,5 +158,6 @@ class ChannelMoments:
 
     @property
     def variance(self) -> np.ndarray:
-        assert self.squared_deviations is not None and self.count
+        if self.squared_deviations is None or not self.count:
+            raise NormifyError("no data reached this layer to compute its statistics from")
         return self.squared_deviations / self.count

@@ -216,7 +216,8 @@ class _Builder:
     def _deserialized(self, spec: LayerSpec) -> Any:
         """An unchanged layer (or nested model) from its entry in the file's config; its
         weights are read once the model is built (`load_from_file`)."""
-        assert self.weights is not None
+        if self.weights is None:
+            raise RebuildError(f"layer {spec.name}: no file to read it from")
         new = self.weights.deserialize(spec)
         if self.weights.holds_weights(spec):
             self.from_file.append((new, spec))

@@ -128,7 +128,8 @@ def _insert(
 ) -> Insertion:
     spec = graph.layers[layer_name]
     norm = decision.norm
-    assert norm is not None
+    if norm is None:
+        raise ValueError(f"{layer_name}: insertion planned without a norm")
     own_activation = kinds.has_nonlinear_activation(spec.class_name, spec.config)
     linear_kind = spec.kind in (kinds.DENSE, kinds.CONV)
     split = linear_kind and rules.position == "pre" and own_activation

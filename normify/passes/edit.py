@@ -113,7 +113,8 @@ class Editor:
             self.settle(graph)  # spliced nodes are not in order yet: place them first
         node = graph.nodes[node_id]
         source = node.data_input
-        assert source is not None, f"{node_id} does not read exactly one tensor"
+        if source is None:
+            raise GraphError(f"{node_id} does not read exactly one tensor")
         output = TensorRef(node_id, 0)
         readers = self._redirect_readers(graph, output, source)
         index = self._readers[id(graph)]
