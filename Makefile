@@ -30,7 +30,7 @@ pictures: install
 	$(BIN)/normify audit build/pictures/nested.normified.keras --compare fixtures/nested.keras --graph docs/nested.normified.svg
 
 lint: install
-	$(BIN)/ruff check normify tests benchmarks fixtures scripts
+	$(BIN)/ruff check normify tests benchmarks fixtures scripts examples
 	$(BIN)/mypy normify
 
 test: install lint
