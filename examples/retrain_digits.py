@@ -121,9 +121,10 @@ def fine_tune(
 
 
 def _accuracy(model: Any, x: Any, y: Any) -> float:
+    import keras
     import numpy as np
 
-    predicted = np.argmax(np.asarray(model(x, training=False)), axis=-1)
+    predicted = np.argmax(keras.ops.convert_to_numpy(model(x, training=False)), axis=-1)
     return float(np.mean(predicted == y))
 
 

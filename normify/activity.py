@@ -170,6 +170,7 @@ def measure(
     from normify.flow import build_flow
     from normify.norms import channel_axis
     from normify.probe import INPUT, OUTPUT, ChannelMoments, Probe
+    from normify.variables import detached
 
     flow = build_flow(graph)
     sites = flow.sites_by_path()
@@ -217,8 +218,8 @@ def measure(
             continue
         layer = layer_at(model, path)
         weights = {v.path.rsplit("/", 1)[-1]: v for v in layer.weights}
-        moving_mean = np.asarray(weights["moving_mean"].numpy(), dtype=np.float64)
-        moving_variance = np.asarray(weights["moving_variance"].numpy(), dtype=np.float64)
+        moving_mean = detached(weights["moving_mean"]).astype(np.float64)
+        moving_variance = detached(weights["moving_variance"]).astype(np.float64)
         batchnorms.append(_gap(path, moments, moving_mean, moving_variance, layer.epsilon))
     return ActivityReport(samples, layers, batchnorms)
 

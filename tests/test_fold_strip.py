@@ -539,7 +539,7 @@ def test_folded_applications_reload_in_a_fresh_process(applications):
         for name in json.loads(sys.argv[2]):
             model = keras.saving.load_model(f"{folder}/{name}.folded.keras")
             images = np.load(f"{folder}/{name}.npy")
-            outputs[name] = np.asarray(model(images, training=False))
+            outputs[name] = keras.ops.convert_to_numpy(model(images, training=False))
             outputs[name + "_bn"] = np.array(
                 sum(type(layer).__name__ == "BatchNormalization" for layer in model.layers)
             )

@@ -121,7 +121,12 @@ def test_with_normalization_off_the_conversion_predicts_exactly_like_the_origina
             variable.assign(stock[key.replace("stacked_rnn_cells/", "")])
     inputs = inputs_for(MANIFEST[fixture_name]["inputs"])
     for expected, got in zip(predict(original, inputs), predict(off, inputs), strict=True):
-        np.testing.assert_array_equal(got, expected)
+        if keras.backend.backend() == "torch":
+            # a stock LSTM there runs torch's fused kernel: the same function, rounded in
+            # another order (see Known limitations)
+            np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+        else:
+            np.testing.assert_array_equal(got, expected)
 
 
 def test_converted_file_loads_in_a_fresh_process_after_import_normify(tmp_path: Path) -> None:

@@ -277,7 +277,6 @@ def test_add_outputs_load_in_plain_keras3_with_the_original_predictions(added):
 import json, sys
 import numpy as np
 import keras
-from helpers import as_numpy
 report = {}
 for case in json.loads(sys.argv[1]):
     model = keras.saving.load_model(case["model"])

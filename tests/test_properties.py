@@ -360,7 +360,7 @@ for case in json.load(open(sys.argv[1])):
             outputs = [outputs[key] for key in sorted(outputs)]
         elif not isinstance(outputs, (list, tuple)):
             outputs = [outputs]
-        outputs = [np.asarray(output) for output in outputs]
+        outputs = [keras.ops.convert_to_numpy(output) for output in outputs]
         if len(outputs) != len(expected):
             failures.append([case["model"], "output count"])
             continue
