@@ -103,3 +103,20 @@ def test_rewritten_there_predicts_the_same_here(other, fixture, options, tmp_pat
     if not options:
         original = keras.saving.load_model(FIXTURES / fixture)
         assert close(got, keras.ops.convert_to_numpy(original(inputs, training=False)))
+
+
+@pytest.mark.parametrize("command", ["add", "strip", "swap", "fold"])
+def test_notices_are_normify_s_own_words(command, recwarn):
+    """Library warnings (NumPy's copy keyword, Keras' own) are filtered where they arise,
+    on every backend: no notice passes one on."""
+    path = FIXTURES / ("gru_tagger.keras" if command in ("add", "strip") else "conv_bn.keras")
+    if command == "add":
+        result = normify.add(path, rnn="layernorm", measure_drift=True)
+    elif command == "strip":
+        result = normify.strip(normify.add(path).model)
+    elif command == "swap":
+        result = normify.swap(path, from_norm="batchnorm", to_norm="layernorm")
+    else:
+        result = normify.fold(path)
+    for notice in result.report.notices:
+        assert not any(word in notice for word in ("__array__", "copy keyword", "Warning")), notice
