@@ -74,7 +74,10 @@ def close(a: np.ndarray, b: np.ndarray) -> bool:
 @pytest.fixture(scope="module", params=OTHERS or [None], ids=lambda name: f"to-{name}")
 def other(request: pytest.FixtureRequest) -> str:
     if request.param is None:
-        pytest.skip(f"no Keras backend besides {HERE} is installed here (CI installs JAX)")
+        pytest.skip(
+            f"no Keras backend besides {HERE} here: CI crosses every backend to and from JAX "
+            "in the TensorFlow and PyTorch environments"
+        )
     return request.param
 
 
