@@ -973,8 +973,11 @@ def test_models_saved_by_cells_v1_load_and_agree(name: str) -> None:
         for want, got in zip(expected, actual, strict=True):
             assert got.dtype == want.dtype == np.float32
             # float32 agreement within 1e-6 of the outputs' scale (a different summation
-            # order moves values near zero by an ulp of the larger ones).
-            assert np.max(np.abs(got - want)) <= 1e-6 * np.max(np.abs(want))
+            # order moves values near zero by an ulp of the larger ones); the files were
+            # written on TensorFlow, and another backend's kernels round in yet another
+            # order (1.5e-6 measured on JAX): 2e-6 there.
+            bound = 1e-6 if keras.backend.backend() == "tensorflow" else 2e-6
+            assert np.max(np.abs(got - want)) <= bound * np.max(np.abs(want))
 
     path = CELLS_V1 / f"{name}.keras"
     if name in CELLS_V1_MANIFEST["training"] and keras.backend.backend() == "tensorflow":
