@@ -1,32 +1,16 @@
 """Benchmark: does `normify audit` answer about as fast as Python starts?
 
-`normify audit` reads only a model's config.json and its weights' shapes, so a whole
-process of it should cost little more than starting Python and importing what reading a
-zip needs; anything that calls `keras.saving.load_model` pays for TensorFlow and every
-weight. Pre-commit hooks and CI jobs pay the audit's start-up once per run, so it is
-measured as users meet it: whole processes, by the CPU time (user + system, from
-`os.wait4`) each child used, which the other load on the machine disturbs far less than
-wall time. Within each round, in an order that rotates from round to round:
-
-  (0) python -c "import json, zipfile"            the baseline
-  (a) python -m normify audit X.keras --json
-  (s) normify audit X.keras --json                 the console script, when installed
-  (b) python -c "keras.saving.load_model(X)"
-
-then `python -c "import normify"` and `normify --help`. The target is judged on the median
-of the paired ratios a/0 (or s/0, whichever launcher is cheaper): at most 4×. The children
-run in an empty temporary folder, so no policy file applies and the current folder cannot
-shadow the installed normify. A child process then checks that after
-`normify.cli.main(["audit", X, "--json"])` none of NumPy, Keras, TensorFlow, rich and
-normify's rewrite machinery is in sys.modules.
-
-Also judged: audit wall median <= 0.5 s; median(load_model) / median(audit) >= 10 (wall);
-`import normify` and `normify --help` <= 0.3 s (wall). Exit status is 0 whatever the
-results (a benchmark is a report), unless `--check` is given: then 1 if any target fails.
-With `--repeat` below 5 (the smoke test) timing targets are not judged at all.
-
-Models are built with `keras.applications.<Name>(weights=None)` in a child process, so
-this process never imports Keras either, and cached as .keras files for reuse.
+Measured as CI jobs and pre-commit hooks meet it: whole processes, by the CPU time (user
++ system, from `os.wait4`) of each child, which other load disturbs far less than wall
+time. Each round runs, in an order that rotates, (0) `python -c "import json, zipfile"`,
+(a) `python -m normify audit X.keras --json`, (s) the `normify` console script the same
+way, and (b) `keras.saving.load_model(X)`; then `import normify` and `normify --help`.
+Target: the median of the paired ratios a/0 (or s/0, the cheaper launcher) at most 4×.
+Also judged: audit wall median <= 0.5 s, load_model / audit >= 10 (wall), `import
+normify` and `--help` <= 0.3 s, and (in a child) that audit imports none of NumPy,
+Keras, rich and the rewrite machinery. Children run in an empty folder (no policy file).
+`--check` exits 1 on a failed target; below `--repeat 5` timings are not judged. Models
+come from `keras.applications.<Name>(weights=None)`, built and cached by a child.
 """
 
 from __future__ import annotations

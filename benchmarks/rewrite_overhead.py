@@ -1,24 +1,14 @@
 """Benchmark: does `normify add` cost about as much as opening and re-saving the model?
 
-A rewrite must load the model, change a few layers and save it; the load and the save
-are the price of any tool that writes Keras files, so the fair baseline is a plain Keras
-script that does only that. Both run as whole processes (interpreter start, TensorFlow
-import and process exit included), which is what a user or a CI job pays:
-
-  (a) python -m normify add X.keras -o Y.keras --force
-  (b) python -c "keras.saving.load_model(X).save(Z)"
-
-Runs alternate a, b, a, b ... per model within each round, so drifting machine load hits
-both alike; no run is discarded. Target: median(a) / median(b) <= 1.15.
-
-A child process then times the parts of the same rewrite in one process (median over
-the rounds): importing normify and Keras, reading the config and planning on it, building
-the new model once with the weights read from the file (`normify.weightfile`; a model
-with nothing to insert is loaded by Keras instead) and saving, beside the plain script's
-import, load and save.
-
-Models are `keras.applications.{ResNet50, DenseNet121, EfficientNetB0}(weights=None)` at
-their default input size, cached in `benchmarks/.cache/` like `audit_speed.py`'s.
+The load and the save are the price of any tool that writes Keras files, so the baseline
+is a plain Keras script that does only that. Both run as whole processes (start, imports
+and exit included), alternating per model within each round, none discarded:
+(a) `python -m normify add X.keras -o Y.keras --force` against (b) `python -c
+"keras.saving.load_model(X).save(Z)"`. Target: median(a) / median(b) <= 1.15. A child
+then times the parts of the same rewrite in one process (imports, reading and planning,
+the one build from the file with `normify.weightfile`, saving) beside the plain script's
+import, load and save. Models are `keras.applications.{ResNet50, DenseNet121,
+EfficientNetB0}(weights=None)`, cached in `benchmarks/.cache/`.
 """
 
 from __future__ import annotations
