@@ -30,6 +30,14 @@ RNN_NORM_CHOICE = click.Choice([*kinds.INSERTABLE_NORMS, kinds.LAYERNORM_CELL, "
 SWAP_CHOICE = click.Choice(kinds.INSERTABLE_NORMS)
 
 
+def _violation_line(violation: Any, model: str = "") -> str:
+    found = violation.found or "no norm"
+    return (
+        f"violation: {model}{violation.path} ({violation.kind}) requires "
+        f"{violation.required}, has {found}"
+    )
+
+
 def _fail(message: str) -> None:
     click.echo(f"normify: error: {message}", err=True)
     sys.exit(EXIT_ERROR)
@@ -301,11 +309,7 @@ def audit(
 
             render_activity(report.activity, console)
         for violation in violations:
-            found = violation.found or "no norm"
-            click.echo(
-                f"violation: {violation.path} ({violation.kind}) requires "
-                f"{violation.required}, has {found}"
-            )
+            click.echo(_violation_line(violation))
         if label:
             click.echo(f"policy: {label}")
         if required and not violations:
@@ -351,11 +355,7 @@ def _audit_several(
         render_summary_table(multi, _console())
         for entry in multi.audits:
             for violation in entry.violations:
-                found = violation.found or "no norm"
-                click.echo(
-                    f"violation: {entry.model}: {violation.path} ({violation.kind}) requires "
-                    f"{violation.required}, has {found}"
-                )
+                click.echo(_violation_line(violation, f"{entry.model}: "))
         if label:
             click.echo(f"policy: {label}")
         broken = sum(1 for entry in multi.audits if entry.status != "ok")
