@@ -127,7 +127,8 @@ def add(
     """Insert norm layers after dense, conv and recurrent layers, by rule.
 
     Args:
-        model_or_path: a `keras.Model`, or a path to a `.keras` or `.h5` file.
+        model_or_path: a `keras.Model`, a path to a `.keras` or `.h5` file, or the
+            `normify.files.ModelFile` read from one.
         dense, conv, rnn: `batchnorm`, `layernorm`, `groupnorm`, `rmsnorm` or `none`;
             `rnn` also `layernorm-cell`: recurrent layers replaced by normify's
             layer-normalized ones (`normify.cells`), weights carried; the result needs
@@ -158,7 +159,7 @@ def add(
         raise NormifyError(f"--init must be one of {', '.join(INITS)}, not {init!r}")
     if init == "calibrate" and data is None:
         raise NormifyError("--init calibrate needs calibration data (--data)")
-    model_file = None
+    model_file = model_or_path if isinstance(model_or_path, files.ModelFile) else None
     if isinstance(model_or_path, (str, os.PathLike)):
         model_file = files.read_model_file(model_or_path, frozenset(custom_objects or ()))
     # One way through, chosen before any planning: straight from the file when nothing

@@ -457,19 +457,21 @@ def _rewrite(
     model: Path,
     suffix: str,
     plan: Callable[[], Any],
-    run: Callable[[dict[str, Any]], Any],
+    run: Callable[[Any, dict[str, Any]], Any],
     options: dict[str, Any],
     printer: Callable[[Any, bool, bool], None],
 ) -> None:
     """What every rewriting command does: print the plan for --dry-run, or check where
-    the result goes (before any work), rewrite, save, print the report."""
+    the result goes and read the file (both before any backend is imported, so a bad
+    input fails at once), rewrite, save, print the report."""
     as_json = options["as_json"]
     flatten = {"flatten": options["flatten"]}
     if options["dry_run"] and options["flatten"]:
         # a subclass shows its graph only once loaded: rewrite in memory, write nothing
         loading = _loading(options["unsafe"], options["custom_object_files"])
+        source = _read(model, loading)
         with _backend_outside_collections():
-            printer(run({**loading, **flatten}).report, as_json, True)
+            printer(run(source, {**loading, **flatten}).report, as_json, True)
         return
     if options["dry_run"]:
         printer(plan(), as_json, True)
@@ -483,10 +485,18 @@ def _rewrite(
         options["no_backup"],
     )
     loading = _loading(options["unsafe"], options["custom_object_files"])
+    source = _read(model, loading)
     with _backend_outside_collections():
-        result = run({**loading, **flatten})
+        result = run(source, {**loading, **flatten})
         _save(result, destination, loading)
     printer(result.report, as_json, False)
+
+
+def _read(model: Path, loading: dict[str, Any]) -> Any:
+    """The model file, read and checked without a backend (`normify.files.ModelFile`)."""
+    from normify.files import read_model_file
+
+    return read_model_file(model, frozenset(loading["custom_objects"] or ()))
 
 
 @contextlib.contextmanager
@@ -637,8 +647,8 @@ def add(
         model,
         "normified",
         plan=lambda: noticed(api.plan(model, rules)),
-        run=lambda loading: _with_report(api.add(
-            model, dense=dense, conv=conv, rnn=rnn, position=position, include=include,
+        run=lambda source, loading: _with_report(api.add(
+            source, dense=dense, conv=conv, rnn=rnn, position=position, include=include,
             exclude=exclude, include_output=include_output, init=init, data=data,
             batch_size=batch_size, max_samples=max_samples, quiet=quiet,
             measure_drift=measure_drift, **loading,
@@ -733,8 +743,8 @@ def swap(
             model, from_norm=from_norm, to_norm=to_norm, groups=groups, include=include,
             exclude=exclude, allow_mask_loss=allow_mask_loss,
         ),
-        run=lambda loading: api.swap(
-            model, from_norm=from_norm, to_norm=to_norm, groups=groups, include=include,
+        run=lambda source, loading: api.swap(
+            source, from_norm=from_norm, to_norm=to_norm, groups=groups, include=include,
             exclude=exclude, data=data, allow_mask_loss=allow_mask_loss,
             batch_size=batch_size, max_samples=max_samples, quiet=quiet, **loading,
         ),
@@ -774,8 +784,8 @@ def strip(
         model,
         "stripped",
         plan=lambda: api.plan_strip(model, kind=kind, include=include, exclude=exclude),
-        run=lambda loading: api.strip(
-            model, kind=kind, include=include, exclude=exclude, data=data,
+        run=lambda source, loading: api.strip(
+            source, kind=kind, include=include, exclude=exclude, data=data,
             batch_size=batch_size, max_samples=max_samples, **loading,
         ),
         options=_output_and_loading(locals()),
@@ -808,8 +818,8 @@ def fold(
         model,
         "folded",
         plan=lambda: api.plan_fold(model, include=include, exclude=exclude),
-        run=lambda loading: api.fold(
-            model, include=include, exclude=exclude, data=data, batch_size=batch_size,
+        run=lambda source, loading: api.fold(
+            source, include=include, exclude=exclude, data=data, batch_size=batch_size,
             max_samples=max_samples, **loading,
         ),
         options=_output_and_loading(locals()),
@@ -843,8 +853,8 @@ def recalibrate(
         model,
         "recalibrated",
         plan=lambda: api.plan_recalibrate(model, include=include, exclude=exclude),
-        run=lambda loading: api.recalibrate(
-            model, data=data, include=include, exclude=exclude, batch_size=batch_size,
+        run=lambda source, loading: api.recalibrate(
+            source, data=data, include=include, exclude=exclude, batch_size=batch_size,
             max_samples=max_samples, quiet=quiet, **loading,
         ),
         options=_output_and_loading(locals()),

@@ -257,37 +257,47 @@ def test_dry_run_plan_from_the_file_equals_what_add_does():
         assert planned.kept == done.kept
 
 
-def test_a_chain_deeper_than_the_default_recursion_limit_is_added_and_saved(tmp_path):
-    """Keras builds functional graphs recursively; a 1100-layer chain exceeds Python's
-    default limit (1000) unless normify makes room around its Keras calls."""
+def test_a_chain_deeper_than_the_recursion_limit_is_added_and_saved(tmp_path, monkeypatch):
+    """Keras builds functional graphs recursively, about one Python call per chained layer,
+    so a 1100-layer chain exceeds Python's default limit (1000). normify makes room around
+    its Keras calls in proportion to the model. The same holds at any limit: a 200-layer
+    chain under a limit of 450 shows it at a fraction of the cost, and the control run
+    without that room fails, so the chain really is too deep."""
+    import contextlib
     import sys
 
     from helpers import run_cli
 
-    depth = 1100
+    import normify.backend
+    import normify.loading
+    import normify.rebuild  # noqa: F401  (imported before the limit is lowered)
+    import normify.saving
+
+    depth, limit = 200, 450
+    inputs = keras.Input((2,), name="x")
+    x = inputs
+    for _ in range(depth):
+        x = layers.Dense(2)(x)
+    model = keras.Model(inputs, x)
+    path = tmp_path / "deep.keras"
+    model.save(path)
+    out = tmp_path / "deep.normified.keras"
     previous = sys.getrecursionlimit()
-    sys.setrecursionlimit(20_000)  # only to build the test model
     try:
-        inputs = keras.Input((2,), name="x")
-        x = inputs
-        for _ in range(depth):
-            x = layers.Dense(2)(x)
-        model = keras.Model(inputs, x)
-        path = tmp_path / "deep.keras"
-        model.save(path)
+        sys.setrecursionlimit(limit)
+        with monkeypatch.context() as no_room:
+            for module in (normify.backend, normify.loading, normify.saving):
+                no_room.setattr(module, "deep_recursion", lambda _layers: contextlib.nullcontext())
+            control = run_cli("add", str(path), "-o", str(out))
+        assert control.exit_code == 2 and "maximum recursion depth" in control.output
+        result = run_cli("add", str(path), "-o", str(out))
+        assert sys.getrecursionlimit() == limit  # raised for the Keras calls only
     finally:
         sys.setrecursionlimit(previous)
-    out = tmp_path / "deep.normified.keras"
-    result = run_cli("add", str(path), "-o", str(out))
     assert result.exit_code == 0, result.output
-    assert sys.getrecursionlimit() == previous  # raised for the Keras calls only
     assert f"{depth - 1} norm layer(s) inserted" in result.output
     x_data = np.random.default_rng(0).standard_normal((4, 2)).astype("float32")
-    sys.setrecursionlimit(20_000)
-    try:
-        rewritten = keras.saving.load_model(out)
-    finally:
-        sys.setrecursionlimit(previous)
+    rewritten = keras.saving.load_model(out)
     assert len(rewritten.layers) == 1 + depth + (depth - 1)  # input, Dense, inserted BN
     np.testing.assert_allclose(
         rewritten.predict(x_data, verbose=0), model.predict(x_data, verbose=0), rtol=1e-5, atol=1e-6
