@@ -25,5 +25,10 @@ class OutputError(NormifyError):
 
 def first_line(error: BaseException, limit: int = 300) -> str:
     """An exception's message as one line: what a user is shown of a library's error."""
-    text = str(error).strip() or type(error).__name__
-    return text.splitlines()[0][:limit]
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    # Keras introduces its cause on the next line ("Example error message for object
+    # <Dense name=dense>:"): a line that ends in a colon says nothing without it.
+    line = f"{lines[0]} {lines[1]}" if lines[0].endswith(":") and len(lines) > 1 else lines[0]
+    return line[:limit]

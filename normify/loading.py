@@ -220,7 +220,8 @@ def _load_translated(
             warnings.simplefilter("ignore")
             if model_file.format == KERAS:
                 # tf_keras writes model.weights.h5 in the layout Keras 3 reads
-                model.load_weights(str(path))
+                with weights.archive_weights(path, context) as readable:
+                    model.load_weights(str(readable))
                 weights.apply_to_live(model, translation.weight_rules, context)
             else:
                 import h5py
@@ -234,6 +235,7 @@ def _load_translated(
         message = describe_load_error(error) or f"its weights cannot be read ({first_line(error)})"
         raise ModelLoadError(message, path) from error
     notices = [*model_file.notices, *translation.notices]
+    notices.extend(repair.notice for repair in context.repairs)
     training = (
         model_file.written.get("compile_config")
         if model_file.format == KERAS
@@ -343,6 +345,8 @@ def describe_load_error(error: BaseException) -> str | None:
             f"uses class {name!r}, which is not registered with Keras "
             "(pass --custom-objects FILE.py that defines and registers it)"
         )
+    if _is_foreign_bytecode(error):
+        return None  # the layer that holds the code is found by building layer by layer
     lowered = text.lower()
     if any(sign in lowered for sign in _CORRUPT_WEIGHTS):
         return f"has corrupt weights ({first_line(error)})"
@@ -411,5 +415,31 @@ def _first_failing_layer(
                         entry, custom_objects=custom_objects, safe_mode=safe_mode
                     )
             except Exception as error:
-                return f"layer {path!r} ({entry['class_name']}): {_unwrapped(error)}"
+                cause = _unwrapped(error)
+                if _is_foreign_bytecode(error):
+                    version = "{}.{}".format(*sys.version_info[:2])
+                    cause = (
+                        f"its Python code was compiled by another Python version, or is "
+                        f"corrupt, and Python {version} cannot read it ({cause})"
+                    )
+                return f"layer {path!r} ({entry['class_name']}): {cause}"
     return None
+
+
+# What `marshal.loads` says of a code object another Python version wrote (Keras 2
+# stored a Lambda's function as marshalled bytecode).
+_MARSHAL_ERRORS = (
+    "bad marshal data",
+    "EOF read where object expected",
+    "EOF read where not expected",
+    "marshal data too short",
+)
+
+
+def _is_foreign_bytecode(error: BaseException) -> bool:
+    chain: BaseException | None = error
+    while chain is not None:
+        if any(sign in str(chain) for sign in _MARSHAL_ERRORS):
+            return True
+        chain = chain.__cause__ or chain.__context__
+    return False

@@ -24,6 +24,8 @@ import h5py
 import numpy as np
 import pytest
 
+from normify.errors import first_line
+
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "fixtures"
 MLP = FIXTURES / "mlp.keras"
@@ -606,3 +608,16 @@ def test_an_unforeseen_failure_names_no_exception_class(tmp_path: Path) -> None:
     assert "KeyError" not in line, line
     debug = run(["-c", code, "add", str(MLP), "--dry-run", "--debug"], tmp_path)
     assert "KeyError" in debug.stderr and "Traceback" in debug.stderr
+
+
+def test_a_message_whose_first_line_introduces_the_next_keeps_both() -> None:
+    error = ValueError(
+        "A total of 1 objects could not be loaded. Example error message for object "
+        "<Conv2D name=conv2d>:\n\nLayer 'conv2d' expected 2 variables, but received 0\nmore"
+    )
+    assert first_line(error) == (
+        "A total of 1 objects could not be loaded. Example error message for object "
+        "<Conv2D name=conv2d>: Layer 'conv2d' expected 2 variables, but received 0"
+    )
+    assert first_line(ValueError("one\ntwo")) == "one"
+    assert first_line(ValueError("  ")) == "ValueError"

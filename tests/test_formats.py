@@ -225,12 +225,14 @@ def test_a_gru_saved_before_reset_after_keeps_its_meaning():
         ("BatchNormalization", "virtual_batch_size", 8, "virtual_batch_size=8"),
         ("BatchNormalization", "fused", True, False),
         ("LSTM", "time_major", True, "time_major=True"),
+        ("SpatialDropout2D", "trainable", True, False),  # every tf.keras SpatialDropout
         ("Dense", "made_up_argument", None, False),
         ("Dense", "made_up_argument", 7, "made_up_argument=7"),
     ],
 )
 def test_an_argument_keras3_refuses_is_dropped_only_when_neutral(class_name, argument, value, kept):
     extra = {"kernel_size": [3, 3]} if class_name == "DepthwiseConv2D" else {}
+    extra.update(rate=0.5) if class_name == "SpatialDropout2D" else None
     extra.update(units=2) if class_name in ("Dense", "LSTM") else None
     config = functional(
         input_layer("x", [8, 8, 3] if class_name != "LSTM" else [None, 3]),

@@ -9,8 +9,10 @@ Keras 3 reload of all their outputs is one process.
 
 from __future__ import annotations
 
+import codecs
 import copy
 import json
+import marshal
 import shutil
 import subprocess
 import sys
@@ -21,7 +23,7 @@ import h5py
 import numpy as np
 import pytest
 from conftest import FIXTURES
-from helpers import as_numpy
+from helpers import as_numpy, layers_by_path, own_variables
 
 import normify
 from normify import formats
@@ -186,6 +188,122 @@ def test_weights_that_do_not_fit_the_config_are_one_line(tmp_path):
         f"{path}: its weights do not fit its config: layer 'dense_1' (Dense): the file stores "
         "kernel of shape (32, 16) where its config needs (?, 15)"
     )
+
+
+def keras_file_with_weights_layout(source: Path, target: Path, layout: str) -> None:
+    """A copy of a tf_keras `.keras` file whose model.weights.h5 has the same arrays in the
+    layout of tf.keras 2.13 (`"2.13"`) or of tf.keras 2.15 on Windows (`"windows"`)."""
+    with zipfile.ZipFile(source) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    stored = target.with_suffix(".stored.h5")
+    stored.write_bytes(members["model.weights.h5"])
+    written = target.with_suffix(".written.h5")
+    with h5py.File(stored, "r") as old, h5py.File(written, "w") as new:
+        names: list[str] = []
+        old.visit(names.append)
+        # tf.keras 2.13 listed a layer with weights twice and numbered its class along
+        # that list: (layers group, Keras 3 name) -> the 2.13 name
+        numbers: dict[tuple[str, str], str] = {}
+        taken: dict[tuple[str, str], int] = {}
+        for name in names:
+            parts = name.split("/")
+            if len(parts) < 2 or parts[-2] != "layers":
+                continue
+            group, layer = "/".join(parts[:-1]), parts[-1]
+            base, _, number = layer.rpartition("_")
+            base = base if number.isdigit() else layer
+            count = taken.get((group, base), 0)
+            numbers[(group, layer)] = base if count == 0 else f"{base}_{count}"
+            taken[(group, base)] = count + (2 if len(old[name].get("vars", {})) else 1)
+        for name in names:
+            parts = name.split("/")
+            moved = list(parts)
+            for index in range(len(parts) - 1):
+                if parts[index] == "layers" and layout == "2.13":
+                    moved[index] = "_layer_checkpoint_dependencies"
+                    moved[index + 1] = numbers[("/".join(parts[: index + 1]), parts[index + 1])]
+            path = "/".join(moved)
+            if layout == "windows" and "/vars" in path:
+                head, _, tail = path.partition("/vars")
+                path = head.replace("/", "\\") + "/vars" + tail
+            item = old[name]
+            if isinstance(item, h5py.Dataset):
+                new.create_dataset(path, data=item[()])
+            else:
+                new.require_group(path)
+    members["model.weights.h5"] = written.read_bytes()
+    metadata = json.loads(members["metadata.json"])
+    metadata["keras_version"] = "2.13.1" if layout == "2.13" else "2.15.0"
+    members["metadata.json"] = json.dumps(metadata).encode()
+    with zipfile.ZipFile(target, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+
+
+@pytest.mark.parametrize(
+    ("layout", "rule"),
+    [("2.13", "tf-keras-2.13-layer-names"), ("windows", "tf-keras-windows-paths")],
+)
+def test_tf_keras_weights_layouts_keras3_misreads_are_read_bit_for_bit(tmp_path, layout, rule):
+    path = tmp_path / f"{layout}.keras"
+    keras_file_with_weights_layout(LEGACY / "k2_cnn.keras", path, layout)
+    with h5py.File(path.with_suffix(".written.h5"), "r") as written:
+        stored: list[str] = []
+        written.visit(stored.append)
+    if layout == "2.13":
+        # the nested Sequential's second Dense is numbered as tf.keras 2.13 numbered it
+        nested = "_layer_checkpoint_dependencies/sequential/_layer_checkpoint_dependencies"
+        assert f"{nested}/dense_2/vars/0" in stored and f"{nested}/dense_1" not in stored
+    else:
+        assert "layers\\sequential\\layers\\dense_1/vars/0" in stored
+    reference = load_model(LEGACY / "k2_cnn.keras").model
+    loaded = load_model(path)
+    repairs = [n for n in loaded.notices if n.startswith("repaired: weights: ")]
+    assert any(n.endswith(f"[{rule}]") for n in repairs), loaded.notices
+    want = {p: own_variables(layer) for p, layer in layers_by_path(reference).items()}
+    got = {p: own_variables(layer) for p, layer in layers_by_path(loaded.model).items()}
+    assert want.keys() == got.keys()
+    for layer_path, variables in want.items():
+        assert variables.keys() == got[layer_path].keys(), layer_path
+        for key, value in variables.items():
+            assert value.tobytes() == got[layer_path][key].tobytes(), (layer_path, key)
+    inputs, outputs = expected("k2_cnn.keras")
+    np.testing.assert_allclose(predictions(loaded.model, inputs)[0], outputs[0], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("damage", "cause"),
+    [
+        (lambda code: code[: len(code) // 2], "EOF read where"),
+        (lambda code: b"\x00" + code[1:], "bad marshal data"),
+    ],
+    ids=["cut", "unknown-type"],
+)
+def test_a_lambda_whose_bytecode_this_python_cannot_read_is_named(tmp_path, damage, cause):
+    """Keras 2 stored a Lambda's function as marshalled bytecode, which another Python
+    version cannot read; the error must name the layer, not call the file truncated."""
+    path = tmp_path / "lambda.h5"
+    shutil.copy(LEGACY / "k2_mlp.h5", path)
+    code = damage(marshal.dumps((lambda x: x * 2).__code__))
+    with h5py.File(path, "r+") as handle:
+        config = json.loads(handle.attrs["model_config"])
+        layer = next(e for e in config["config"]["layers"] if e["class_name"] == "Dropout")
+        layer["class_name"] = "Lambda"
+        layer["config"] = {
+            "name": "dropout",
+            "function": [codecs.encode(code, "base64").decode("ascii"), None, None],
+            "function_type": "lambda",
+            "module": "__main__",
+            "output_shape": None,
+            "arguments": {},
+        }
+        handle.attrs["model_config"] = json.dumps(config)
+    with pytest.raises(ModelLoadError) as raised:
+        load_model(path, safe_mode=False)
+    message = str(raised.value)
+    assert "\n" not in message and "truncated" not in message
+    assert "layer 'dropout' (Lambda): its Python code was compiled by another Python" in message
+    assert cause in message
 
 
 def test_a_file_keras2_wrote_is_never_handed_to_keras3_unrepaired(monkeypatch):

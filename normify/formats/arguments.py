@@ -50,6 +50,9 @@ NEUTRAL: dict[str, Callable[[Any], bool] | None] = {
     "type_spec": _values(None),
     "noise_shape": _values(None),
     "ragged": _values(False, None),
+    # Only constructors without **kwargs refuse it (SpatialDropout1D/2D/3D, Discretization),
+    # and those layers hold no trainable weights: frozen or not, they compute the same.
+    "trainable": ANY,
     # tf.keras's MultiHeadAttention recorded the shapes it was built for; Keras 3 builds
     # it when the model calls it, on the same shapes
     "query_shape": ANY,

@@ -13,7 +13,12 @@ assigned only when every count and shape fits.
 
 from __future__ import annotations
 
+import contextlib
+import tempfile
+import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from normify.formats.base import Context, FormatError, WeightRule
@@ -187,3 +192,100 @@ def _finalize(model: Any) -> None:
         pending.extend(getattr(layer, "layers", []) or [])
         if layer is not model and hasattr(layer, "finalize_state") and legacy_weights(layer):
             layer.finalize_state()
+
+
+WINDOWS_SEPARATOR = "\\"
+TF_KERAS_213_LAYERS = "_layer_checkpoint_dependencies"
+
+
+@contextlib.contextmanager
+def archive_weights(path: Path, context: Context) -> Iterator[Path]:
+    """Where Keras 3 reads the weights of a tf.keras `.keras` file: the file itself, or a
+    copy of its model.weights.h5 with every array, bit for bit, at the path Keras 3 reads.
+
+    Two layouts need the copy. tf.keras 2.13 to 2.15 on Windows joined the paths with the
+    system's separator (`layers\\dense/vars/0`), where no reader looks (rule
+    tf-keras-windows-paths). tf.keras 2.13 kept a model's layers in
+    `_layer_checkpoint_dependencies`, which lists every layer that has weights twice, and
+    numbered the layers of a class along that list: the weighted ones skip a number
+    (`conv2d`, `conv2d_2`, `conv2d_4`). Keras 3 finds the group but numbers the layers
+    one by one, so from the second weighted layer of a class on it reads nothing, or the
+    wrong layer's arrays (rule tf-keras-2.13-layer-names). The layers of a class keep
+    their order, so the n-th name of a class becomes that class's n-th Keras 3 name."""
+    import h5py
+
+    with zipfile.ZipFile(path) as archive, archive.open("model.weights.h5") as member:
+        with h5py.File(member, "r") as stored:
+            names: list[str] = []
+            stored.visit(names.append)
+    windows = [name for name in names if WINDOWS_SEPARATOR in name.split("/")[0]]
+    posix = [name.replace(WINDOWS_SEPARATOR, "/") for name in names]
+    renamed = _keras3_layer_names(posix)
+    if not windows and not renamed:
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="normify-") as folder:
+        extracted = Path(folder) / "stored.h5"
+        with zipfile.ZipFile(path) as archive, archive.open("model.weights.h5") as member:
+            extracted.write_bytes(member.read())
+        repaired = Path(folder) / "model.weights.h5"
+        with h5py.File(extracted, "r") as source, h5py.File(repaired, "w") as target:
+            target.attrs.update(source.attrs)
+            for name, moved in zip(names, posix, strict=True):
+                item = source[name]
+                moved = _renamed_path(moved, renamed)
+                if isinstance(item, h5py.Dataset):
+                    target.create_dataset(moved, data=item[()], dtype=item.dtype)
+                else:
+                    target.require_group(moved)
+                target[moved].attrs.update(item.attrs)
+        if windows:
+            context.repaired(
+                "tf-keras-windows-paths",
+                "weights",
+                f"model.weights.h5 paths joined with Windows' separator (such as "
+                f"{windows[0]!r}) read at their Keras paths",
+            )
+        moves = sorted(f"{old} -> {new}" for (_, old), new in renamed.items() if old != new)
+        if renamed:
+            shown = ", ".join(moves[:4]) + (", ..." if len(moves) > 4 else "")
+            context.repaired(
+                "tf-keras-2.13-layer-names",
+                "weights",
+                f"tf.keras 2.13's layer numbering read in Keras 3's ({shown or 'no name moved'})",
+            )
+        yield repaired
+
+
+def _keras3_layer_names(names: list[str]) -> dict[tuple[str, str], str]:
+    """(group, tf.keras 2.13 name) -> Keras 3 name, for the layers in every
+    `_layer_checkpoint_dependencies` group among `names` (posix paths)."""
+    children: dict[str, set[str]] = {}
+    for name in names:
+        parts = name.split("/")
+        for index, part in enumerate(parts[:-1]):
+            if part == TF_KERAS_213_LAYERS:
+                children.setdefault("/".join(parts[: index + 1]), set()).add(parts[index + 1])
+    mapping: dict[tuple[str, str], str] = {}
+    for group, layers in children.items():
+        by_class: dict[str, list[tuple[int, str]]] = {}
+        for layer in layers:
+            base, _, number = layer.rpartition("_")
+            if not (base and number.isdigit()):
+                base, number = layer, "0"
+            by_class.setdefault(base, []).append((int(number), layer))
+        for base, numbered in by_class.items():
+            for rank, (_, layer) in enumerate(sorted(numbered)):
+                mapping[(group, layer)] = base if rank == 0 else f"{base}_{rank}"
+    return mapping
+
+
+def _renamed_path(name: str, renamed: dict[tuple[str, str], str]) -> str:
+    parts = name.split("/")
+    moved = list(parts)
+    for index, part in enumerate(parts[:-1]):
+        if part == TF_KERAS_213_LAYERS:
+            group = "/".join(parts[: index + 1])
+            moved[index] = "layers"
+            moved[index + 1] = renamed[(group, parts[index + 1])]
+    return "/".join(moved)
