@@ -43,6 +43,7 @@ COUNTS = {
     "k2_conv_bigru.h5": {"dense": (2, 0), "conv": (1, 1), "rnn": (1, 0)},
     "k2_multi_output.h5": {"dense": (4, 0), "conv": (0, 0), "rnn": (0, 0)},
     "k2_cnn.keras": {"dense": (2, 0), "conv": (1, 1), "rnn": (0, 0)},
+    "k2_attention.keras": {"dense": (3, 0), "conv": (0, 0), "rnn": (0, 0)},
 }
 
 # Repairs each file needs (a subset of the notices; each notice is "repaired: " + line).
@@ -79,6 +80,10 @@ REPAIRS = {
         "batch_normalization: axis [3] -> 3",
         "classifier: node indices shifted down by one (Keras 2 counted the nested model's "
         "own graph as node 0)",
+    ],
+    "k2_attention.keras": [
+        "multi_head_attention: build config from the query, value and key shapes in its config",
+        "tf.__operators__.add: TFOpLambda tf.__operators__.add -> keras.ops.add",
     ],
 }
 COMPILED = {"k2_mlp.h5", "k2_multi_output.h5", "k2_cnn.keras"}

@@ -36,4 +36,28 @@ def tensorflow_op_layer(site: Site, context: Context) -> None:
         )
 
 
-STAGE = Stage("tf.keras", layer_rules=(dtype_policy, tensorflow_op_layer))
+ATTENTION_SHAPES = ("query_shape", "value_shape", "key_shape")
+
+
+def attention_build_config(site: Site, context: Context) -> None:
+    """tf.keras recorded as a MultiHeadAttention's build config only the shape it was first
+    called on, the query's; Keras 3 builds one from the query's, value's and key's shapes,
+    which tf.keras kept in the layer's config."""
+    build = site.entry.get("build_config")
+    if site.class_name != "MultiHeadAttention" or not isinstance(build, dict):
+        return
+    if "input_shape" not in build:
+        return
+    shapes = {key: site.config.get(key) for key in ATTENTION_SHAPES}
+    if shapes["query_shape"] is not None and shapes["value_shape"] is not None:
+        site.entry["build_config"] = {
+            "shapes_dict": {key: shape for key, shape in shapes.items() if shape is not None}
+        }
+        text = "build config from the query, value and key shapes in its config"
+    else:
+        del site.entry["build_config"]
+        text = "dropped its build config (the query's shape alone); the model's call builds it"
+    context.repaired("tf-keras-attention-build", site.path, text)
+
+
+STAGE = Stage("tf.keras", layer_rules=(dtype_policy, tensorflow_op_layer, attention_build_config))
