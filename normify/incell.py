@@ -27,7 +27,6 @@ STOCK_TO_NORMALIZED = {
     "SimpleRNNCell": "LayerNormSimpleRNNCell",
 }
 NORMALIZED_TO_STOCK = {new: stock for stock, new in STOCK_TO_NORMALIZED.items()}
-LAYER_CLASSES = frozenset({"LayerNormLSTM", "LayerNormGRU", "LayerNormSimpleRNN"})
 NORM_WEIGHT_NAMES = frozenset({"input_gamma", "recurrent_gamma", "cell_gamma", "cell_beta"})
 # Constructor arguments the layer-normalized classes add to the stock ones, in config order.
 NORM_ARGUMENTS = (

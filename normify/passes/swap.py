@@ -20,7 +20,6 @@ from normify.passes.edit import Editor
 from normify.rules import selected
 
 SWAPPABLE = kinds.INSERTABLE_NORMS
-AFFINE_NAMES = {"gamma": "gamma", "beta": "beta"}
 
 
 @dataclass(frozen=True)
