@@ -24,6 +24,15 @@ class FoldError(ValueError):
     """The BatchNormalization cannot be folded; the message says why."""
 
 
+def negative_axis(axis: Any, shape: tuple[int | None, ...] | None) -> Any:
+    """A BatchNormalization axis counted from the end when the rank is known, so `axis=1`
+    on a Dense's 2-D output is recognized as its channel axis (-1)."""
+    single = axis[0] if isinstance(axis, (list, tuple)) and len(axis) == 1 else axis
+    if isinstance(single, int) and single >= 0 and shape:
+        return single - len(shape)
+    return axis
+
+
 @dataclass(frozen=True)
 class BatchNormParams:
     """The inference-time state of a BatchNormalization layer."""

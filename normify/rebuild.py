@@ -407,8 +407,7 @@ def _adoptable(value: Any, shape: tuple[int, ...], dtype: Any) -> bool:
 
 def _assign_folded(original: Any, new: Any, batchnorm: Any) -> None:
     """Give `new` the original layer's weights with the BatchNormalization folded in."""
-    from normify.folding import BatchNormParams, FoldError, fold_batchnorm
-    from normify.passes.fold import negative_axis
+    from normify.folding import BatchNormParams, FoldError, fold_batchnorm, negative_axis
 
     weights = {key: detached(v) for key, v in variables_by_key(original).items()}
     bn_vars = {key: detached(v) for key, v in variables_by_key(batchnorm).items()}

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from normify import kinds, norms
-from normify.folding import fold_reason, folded_config
+from normify.folding import fold_reason, folded_config, negative_axis
 from normify.graph import MODIFIED, FoldedFrom, Graph, LayerSpec, walk_layers
 from normify.passes import Kept, PassResult
 from normify.passes.edit import Editor, output_refs
@@ -34,15 +34,6 @@ class Fold:
 
     def describe(self) -> str:
         return f"fold   {self.path} into {self.into}"
-
-
-def negative_axis(axis: Any, shape: tuple[int | None, ...] | None) -> Any:
-    """A BatchNormalization axis counted from the end when the rank is known, so `axis=1`
-    on a Dense's 2-D output is recognized as its channel axis (-1)."""
-    single = axis[0] if isinstance(axis, (list, tuple)) and len(axis) == 1 else axis
-    if isinstance(single, int) and single >= 0 and shape:
-        return single - len(shape)
-    return axis
 
 
 def batchnorm_paths(graph: Graph) -> list[str]:
