@@ -34,7 +34,7 @@ lint: install
 	$(BIN)/mypy normify
 
 test: install lint
-	$(BIN)/python -m pytest -q -n 2
+	$(BIN)/python -m pytest -q -n 2 --durations=20
 
 # The same suite on another Keras backend, in an environment of its own without
 # TensorFlow: `make test-backend BACKEND=jax` or `BACKEND=torch`.
@@ -55,7 +55,7 @@ JAX_CACHE := JAX_COMPILATION_CACHE_DIR=$(abspath $(BACKEND_VENV))/jax-cache \
 	JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0 JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES=0
 test-backend: $(BACKEND_VENV)/bin/normify
 	KERAS_BACKEND=$(BACKEND) NORMIFY_PROPERTY_EXAMPLES=8 $(JAX_CACHE) \
-		$(BACKEND_VENV)/bin/python -m pytest -q -n 2
+		$(BACKEND_VENV)/bin/python -m pytest -q -n 2 --durations=20
 
 clean:
 	rm -rf $(VENV) .venv-jax .venv-torch build .pytest_cache

@@ -277,14 +277,11 @@ def test_tf_keras_weights_layouts_keras3_misreads_are_read_bit_for_bit(tmp_path,
 
 
 @pytest.mark.parametrize(
-    ("damage", "cause"),
-    [
-        (lambda code: code[: len(code) // 2], "EOF read where"),
-        (lambda code: b"\x00" + code[1:], "bad marshal data"),
-    ],
+    "damage",
+    [lambda code: code[: len(code) // 2], lambda code: b"\x00" + code[1:]],
     ids=["cut", "unknown-type"],
 )
-def test_a_lambda_whose_bytecode_this_python_cannot_read_is_named(tmp_path, damage, cause):
+def test_a_lambda_whose_bytecode_this_python_cannot_read_is_named(tmp_path, damage):
     """Keras 2 stored a Lambda's function as marshalled bytecode, which another Python
     version cannot read; the error must name the layer, not call the file truncated."""
     path = tmp_path / "lambda.h5"
@@ -308,7 +305,9 @@ def test_a_lambda_whose_bytecode_this_python_cannot_read_is_named(tmp_path, dama
     message = str(raised.value)
     assert "\n" not in message and "truncated" not in message
     assert "layer 'dropout' (Lambda): its Python code was compiled by another Python" in message
-    assert cause in message
+    # marshal's own words, which depend on where the bytes stop making sense
+    marshal_says = ("EOF read where", "marshal data too short", "bad marshal data")
+    assert any(f"({words}" in message for words in marshal_says), message
 
 
 def test_a_file_keras2_wrote_is_never_handed_to_keras3_unrepaired(monkeypatch):
