@@ -44,6 +44,12 @@ def predict(model: Any, inputs: list[np.ndarray]) -> list[np.ndarray]:
     return [as_numpy(outputs)]
 
 
+def assert_same_weights(original: Any, model: Any) -> None:
+    """Every variable of `model` is `original`'s at the same path, bit for bit."""
+    ours = {v.path: as_numpy(v).tobytes() for v in model.weights}
+    assert ours == {v.path: as_numpy(v).tobytes() for v in original.weights}
+
+
 def max_relative_difference(before: list[np.ndarray], after: list[np.ndarray]) -> float:
     """Max abs difference divided by the output scale (at least 1)."""
     assert len(before) == len(after)

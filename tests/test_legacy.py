@@ -23,7 +23,7 @@ import h5py
 import numpy as np
 import pytest
 from conftest import FIXTURES
-from helpers import as_numpy, layers_by_path, own_variables
+from helpers import as_numpy, assert_same_weights
 
 import normify
 from normify import formats
@@ -265,13 +265,7 @@ def test_tf_keras_weights_layouts_keras3_misreads_are_read_bit_for_bit(tmp_path,
     loaded = load_model(path)
     repairs = [n for n in loaded.notices if n.startswith("repaired: weights: ")]
     assert any(n.endswith(f"[{rule}]") for n in repairs), loaded.notices
-    want = {p: own_variables(layer) for p, layer in layers_by_path(reference).items()}
-    got = {p: own_variables(layer) for p, layer in layers_by_path(loaded.model).items()}
-    assert want.keys() == got.keys()
-    for layer_path, variables in want.items():
-        assert variables.keys() == got[layer_path].keys(), layer_path
-        for key, value in variables.items():
-            assert value.tobytes() == got[layer_path][key].tobytes(), (layer_path, key)
+    assert_same_weights(reference, loaded.model)
     inputs, outputs = expected("k2_cnn.keras")
     np.testing.assert_allclose(predictions(loaded.model, inputs)[0], outputs[0], rtol=0, atol=1e-5)
 

@@ -14,7 +14,7 @@ import zipfile
 import numpy as np
 import pytest
 from conftest import FIXTURES
-from helpers import as_numpy, predict_in_fresh_process
+from helpers import as_numpy, assert_same_weights, predict_in_fresh_process
 from test_architectures import ARCHITECTURES
 
 import normify
@@ -55,11 +55,6 @@ def add_both_ways(path, monkeypatch, **options):
         standard = normify.add(path, **options)
     assert spy.taken == [True, False]
     return one_build, standard
-
-
-def assert_same_weights(original, model):
-    ours = {v.path: v.numpy().tobytes() for v in model.weights}
-    assert ours == {v.path: v.numpy().tobytes() for v in original.weights}
 
 
 def assert_same_result(one_build, standard):
