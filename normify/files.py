@@ -202,7 +202,18 @@ def detect_format(path: str | os.PathLike[str]) -> str:
 def _read_keras_file(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     archive = _open_zip(path)
     with archive:
-        names = set(archive.namelist())
+        listed = archive.namelist()
+        names = set(listed)
+        if len(names) != len(listed):
+            twice = sorted({name for name in listed if listed.count(name) > 1})
+            # Readers disagree on which of two same-named members they read (Keras and
+            # zipfile take the last), so such an archive can show one reader other
+            # weights or config than another: a file made to mislead.
+            raise ModelLoadError(
+                f"is a zip archive with two members named {twice[0]!r}; refusing an "
+                "archive that different readers read differently",
+                path,
+            )
         if "config.json" not in names:
             raise ModelLoadError("is a zip archive without config.json (not a .keras model)", path)
         weights = [archive.getinfo(name) for name in WEIGHTS_MEMBERS if name in names]

@@ -188,6 +188,24 @@ def test_an_hdf5_file_the_library_loops_on_is_given_up(
     assert time.monotonic() - started < 3.0 + 5
 
 
+@pytest.mark.parametrize("member", ["model.weights.h5", "config.json"])
+def test_an_archive_with_two_members_of_one_name_is_refused(tmp_path: Path, member: str) -> None:
+    """zipfile and Keras read the last of two same-named members, other tools the first:
+    such an archive (one real file hid a pickle behind a second `model.weights.npz`) shows
+    different readers different contents, so neither audit nor a rewrite reads it."""
+    path = tmp_path / "twice.keras"
+    with (
+        zipfile.ZipFile(FIXTURES / "cnn.keras") as source,
+        zipfile.ZipFile(path, "w") as target,
+    ):
+        for name in source.namelist():
+            target.writestr(name, source.read(name))
+        with pytest.warns(UserWarning, match="Duplicate name"):
+            target.writestr(member, b"something else")
+    with pytest.raises(ModelLoadError, match=f"twice.keras: .*two members named '{member}'"):
+        files.read_config(path)
+
+
 def test_a_legitimate_deflated_model_is_not_refused(tmp_path: Path) -> None:
     """Real weights compress a little; the bomb thresholds leave such files alone."""
     path = tmp_path / "deflated.keras"

@@ -44,6 +44,7 @@ COUNTS = {
     "k2_multi_output.h5": {"dense": (4, 0), "conv": (0, 0), "rnn": (0, 0)},
     "k2_cnn.keras": {"dense": (2, 0), "conv": (1, 1), "rnn": (0, 0)},
     "k2_attention.keras": {"dense": (3, 0), "conv": (0, 0), "rnn": (0, 0)},
+    "k2_decoder.keras": {"dense": (1, 0), "conv": (0, 0), "rnn": (1, 0)},
 }
 
 # Repairs each file needs (a subset of the notices; each notice is "repaired: " + line).
@@ -84,6 +85,11 @@ REPAIRS = {
     "k2_attention.keras": [
         "multi_head_attention: build config from the query, value and key shapes in its config",
         "tf.__operators__.add: TFOpLambda tf.__operators__.add -> keras.ops.add",
+    ],
+    "k2_decoder.keras": [
+        "lstm: 2 initial state(s) passed as extra inputs -> initial_state (built from the "
+        "sequence's shape alone)",
+        "model: module tf_keras.src.engine.functional -> keras.src.models.functional",
     ],
 }
 COMPILED = {"k2_mlp.h5", "k2_multi_output.h5", "k2_cnn.keras"}

@@ -445,11 +445,15 @@ def recurrent_initial_state(site: Site, context: Context) -> None:
             continue
         node["args"] = [first[0], *node["args"][1:]]
         kwargs["initial_state"] = first[1:]
-        context.repaired(
-            "keras2-initial-state",
-            site.path,
-            f"{len(first) - 1} initial state(s) passed as extra inputs -> initial_state",
-        )
+        # tf.keras `.keras` files built such a layer from the shapes of all its inputs;
+        # Keras 3 builds it from the sequence's shape.
+        text = f"{len(first) - 1} initial state(s) passed as extra inputs -> initial_state"
+        build = site.entry.get("build_config")
+        shapes = build.get("input_shape") if isinstance(build, dict) else None
+        if isinstance(shapes, list) and shapes and isinstance(shapes[0], list):
+            build["input_shape"] = shapes[0]
+            text += " (built from the sequence's shape alone)"
+        context.repaired("keras2-initial-state", site.path, text)
 
 
 def bidirectional_backwards(site: Site, context: Context) -> None:
