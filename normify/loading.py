@@ -420,7 +420,8 @@ def _first_failing_layer(
                     version = "{}.{}".format(*sys.version_info[:2])
                     cause = (
                         f"its Python code was compiled by another Python version, or is "
-                        f"corrupt, and Python {version} cannot read it ({cause})"
+                        f"corrupt, and Python {version} cannot read it ({cause}; normify "
+                        "recompiles old code only when it is plain arithmetic on the input)"
                     )
                 return f"layer {path!r} ({entry['class_name']}): {cause}"
     return None

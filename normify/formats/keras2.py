@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from normify.formats import bytecode
 from normify.formats import weightmath as weight_math
 from normify.formats.base import (
     MODEL_CLASSES,
@@ -203,6 +204,7 @@ def lambda_function(site: Site, context: Context) -> None:
             site.path,
             "Keras 2 function [code, defaults, closure] -> __lambda__ config",
         )
+    _recompile_lambda(site, context)
     for key in LAMBDA_ARGUMENTS:
         if key in config:
             value = config.pop(key)
@@ -211,6 +213,32 @@ def lambda_function(site: Site, context: Context) -> None:
                 site.path,
                 f"dropped {key}={value!r} (Keras 2 bookkeeping of the function)",
             )
+
+
+def _recompile_lambda(site: Site, context: Context) -> None:
+    """Most Keras 1 and 2 files were written by a Python whose code objects this Python
+    cannot read; a Lambda that computes plain arithmetic on its input is recompiled."""
+    function = site.config.get("function")
+    if not isinstance(function, dict) or function.get("class_name") != "__lambda__":
+        return
+    settings = function.get("config")
+    if not isinstance(settings, dict):
+        return
+    code = settings.get("code")
+    if not isinstance(code, str) or settings.get("defaults") or settings.get("closure"):
+        return
+    try:
+        translated = bytecode.translate_lambda(code)
+    except bytecode.Unreadable:
+        return  # loading names the layer and why Python cannot read it
+    if translated is None:
+        return
+    settings["code"], expression, pythons = translated
+    context.repaired(
+        "keras2-lambda-bytecode",
+        site.path,
+        f"Python {pythons} bytecode of `lambda x: {expression}` recompiled for this Python",
+    )
 
 
 def cudnn_layers(site: Site, context: Context) -> None:
@@ -450,7 +478,12 @@ def recurrent_initial_state(site: Site, context: Context) -> None:
         text = f"{len(first) - 1} initial state(s) passed as extra inputs -> initial_state"
         build = site.entry.get("build_config")
         shapes = build.get("input_shape") if isinstance(build, dict) else None
-        if isinstance(shapes, list) and shapes and isinstance(shapes[0], list):
+        if (
+            isinstance(build, dict)
+            and isinstance(shapes, list)
+            and shapes
+            and isinstance(shapes[0], list)
+        ):
             build["input_shape"] = shapes[0]
             text += " (built from the sequence's shape alone)"
         context.repaired("keras2-initial-state", site.path, text)
