@@ -640,9 +640,8 @@ def _rebuilt(
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")  # Keras's notices of its own, not ours
                     model = rebuild(graph, weights=weights)
-                    if compile_config:
-                        model.compile_from_config(compile_config)
-                        source.notices.append(COMPILED_NOTICE)
+            if compile_config:
+                _compile_from_file(model, compile_config, source.notices)
         except NormifyError:
             raise
         except Exception as error:  # Keras cannot build a layer of the file: say which
@@ -658,6 +657,19 @@ def _rebuilt(
         model = rebuild(graph, share=source.share)
         _compile_like(source.model, model, source.notices)
     return model
+
+
+def _compile_from_file(model: Any, compile_config: Any, notices: list[str]) -> None:
+    from normify.loading import uncompiled_notice
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Keras's notices of its own, not ours
+            model.compile_from_config(compile_config)
+    except Exception as error:  # an unregistered loss or metric: the layers need none
+        notices.append(uncompiled_notice(error))
+    else:
+        notices.append(COMPILED_NOTICE)
 
 
 def _summary(source: _Source, after: graphs.Graph, model: Any, drift: Any) -> dict[str, Any]:

@@ -184,19 +184,21 @@ def _load_keras3(
         model = load(compile=True)
     except Exception as error:
         message = describe_load_error(error)
-        if message is not None:
+        unknown = _UNKNOWN_CLASS.search(str(error))
+        if message is not None and unknown is None:
             raise ModelLoadError(message, path) from error
         try:
             model = load(compile=False)
         except Exception:
+            if message is not None:
+                raise ModelLoadError(message, path) from error
             raise ModelLoadError(
                 f"cannot be loaded: {_cause(model_file.config, error, custom_objects, safe_mode)}",
                 path,
             ) from error
-        notices.append(
-            f"the training configuration could not be restored ({first_line(error)}); "
-            "the model was loaded uncompiled"
-        )
+        # The model loads without its training configuration: what is unknown is a loss,
+        # metric or optimizer, which a rewrite of the layers does not need.
+        notices.append(uncompiled_notice(error))
     return LoadedModel(model, path, model_file.format, model_file.origin, notices)
 
 
@@ -328,6 +330,21 @@ _CORRUPT_WEIGHTS = (
     "file signature not found",
     "bad magic",
 )
+
+
+def uncompiled_notice(error: BaseException) -> str:
+    """Why a model whose layers load came without its training configuration."""
+    unknown = _UNKNOWN_CLASS.search(str(error))
+    reason = (
+        f"it uses {unknown.group(1).rstrip('.')!r}, which is not registered: pass "
+        "--custom-objects FILE.py that defines and registers it to keep it"
+        if unknown is not None
+        else first_line(error)
+    )
+    return (
+        f"the training configuration could not be restored ({reason}); "
+        "the model was loaded uncompiled"
+    )
 
 
 def describe_load_error(error: BaseException) -> str | None:

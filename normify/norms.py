@@ -144,6 +144,15 @@ def is_exact_identity(norm: str) -> bool:
     return norm == "batchnorm"
 
 
+def computes_in_half_precision(config: dict[str, Any]) -> bool:
+    """Whether the layer's dtype policy computes in float16 or bfloat16 (`float16`,
+    `mixed_float16`, `bfloat16`, `mixed_bfloat16`)."""
+    dtype = config.get("dtype")
+    if isinstance(dtype, dict):
+        dtype = (dtype.get("config") or {}).get("name")
+    return isinstance(dtype, str) and dtype.endswith(("float16", "bfloat16"))
+
+
 def plain_dtype(config: dict[str, Any]) -> Any:
     """The target layer's dtype policy, when it is one a norm layer can share."""
     dtype = config.get("dtype")

@@ -15,9 +15,9 @@ limit), it checks that normify:
 - writes a file that loads back (normify's own check on writing, which reads it back).
 
 A file refused for a Lambda layer is tried again with `safe_mode=False` (`--unsafe`), as
-a user who trusts it would. A file normify refuses must be refused with one line. The summary counts each outcome;
-`--out` keeps every file's record. Nothing here is specific to any file: the folder is
-the user's (the project commits no third-party model files).
+a user who trusts it would. A file normify refuses must be refused with one line. The
+summary counts each outcome; `--out` keeps every file's record. Nothing here is specific
+to any file: the folder is the user's (the project commits no third-party model files).
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ from helpers import as_numpy, layers_by_path, max_relative_difference, own_varia
 
 import normify
 from normify.errors import NormifyError
+from normify.saving import save_model
 
 keras = pytest.importorskip("keras")
 layers = keras.layers
@@ -301,4 +302,53 @@ def test_a_chain_deeper_than_the_recursion_limit_is_added_and_saved(tmp_path, mo
     assert len(rewritten.layers) == 1 + depth + (depth - 1)  # input, Dense, inserted BN
     np.testing.assert_allclose(
         rewritten.predict(x_data, verbose=0), model.predict(x_data, verbose=0), rtol=1e-5, atol=1e-6
+    )
+
+
+def _with_unregistered_loss(source, target):
+    """A copy of a compiled `.keras` file whose loss is a function nobody registered, as
+    files saved from a notebook that defined its own loss are."""
+    import json
+    import zipfile
+
+    with zipfile.ZipFile(source) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    config = json.loads(members["config.json"])
+    config["compile_config"]["loss"] = {
+        "module": "builtins",
+        "class_name": "function",
+        "config": "Custom>stock_return_loss",
+        "registered_name": "function",
+    }
+    members["config.json"] = json.dumps(config).encode()
+    with zipfile.ZipFile(target, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+
+
+@pytest.mark.parametrize("command", ["add", "strip"])
+def test_an_unregistered_loss_loses_the_training_config_not_the_model(tmp_path, command):
+    """Keras refuses the whole file for it; the layers need no loss, so the rewrite goes on
+    uncompiled and says which name to register to keep it."""
+    model = _randomize(_mlp())
+    model.compile(optimizer="adam", loss="mse")
+    model.save(tmp_path / "compiled.keras")
+    path = tmp_path / "custom_loss.keras"
+    _with_unregistered_loss(tmp_path / "compiled.keras", path)
+    with pytest.raises(Exception, match="stock_return_loss"):
+        keras.saving.load_model(path)
+    result = getattr(normify, command)(path)
+    notice = (
+        "the training configuration could not be restored (it uses "
+        "'Custom>stock_return_loss', which is not registered: pass --custom-objects"
+    )
+    assert any(n.startswith(notice) for n in result.report.notices), result.report.notices
+    assert not result.model.compiled
+    x = np.random.default_rng(0).normal(size=(4, 6)).astype("float32")
+    if command == "add":
+        assert _drift(model, result.model, x) <= TOLERANCE
+    written = save_model(result.model, tmp_path / "out.keras")
+    reloaded = keras.saving.load_model(written)
+    np.testing.assert_array_equal(
+        as_numpy(reloaded.predict(x, verbose=0)), as_numpy(result.model.predict(x, verbose=0))
     )

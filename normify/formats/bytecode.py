@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import binascii
 import marshal
+import math
 import struct
 from dataclasses import dataclass
 from typing import Any
@@ -226,6 +227,8 @@ def _expression(old: OldCode) -> str:
 
 
 def _constant(value: Any) -> str:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise Unreadable("it uses a constant that is not a finite number")
     if value is None or isinstance(value, (bool, int, float)):
         return repr(value)
     if isinstance(value, tuple):

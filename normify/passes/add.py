@@ -140,7 +140,14 @@ def _insert(
     direct_after_linear = (
         linear_kind and not after_activation_layer and (split or not own_activation)
     )
-    bias_moved = norm == "batchnorm" and direct_after_linear and _has_per_channel_bias(spec)
+    # In half precision the layer adds its bias before its output is rounded, and a
+    # BatchNormalization after the rounding: moving the bias would round twice.
+    bias_moved = (
+        norm == "batchnorm"
+        and direct_after_linear
+        and _has_per_channel_bias(spec)
+        and not norms.computes_in_half_precision(spec.config)
+    )
 
     norm_name = editor.unique(f"{layer_name}_{norms.SUFFIXES[norm]}")
     axis = norms.channel_axis(spec.class_name, spec.config)
