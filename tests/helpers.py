@@ -153,3 +153,30 @@ def run_cli(*args: Any) -> Any:
 
 def files_in(folder: Any) -> list[str]:
     return sorted(path.name for path in folder.iterdir())
+
+
+def keras2_file_with_lambda(target: Any, code: bytes) -> Any:
+    """A copy of the Keras 2 fixture `legacy/k2_mlp.h5` at `target` whose Dropout is a
+    Lambda of the marshalled code `code` (base64, as Keras 2.1+ stored it)."""
+    import base64
+    import json
+    import shutil
+
+    import h5py
+    from conftest import FIXTURES
+
+    shutil.copy(FIXTURES / "legacy" / "k2_mlp.h5", target)
+    with h5py.File(target, "r+") as handle:
+        config = json.loads(handle.attrs["model_config"])
+        layer = next(e for e in config["config"]["layers"] if e["class_name"] == "Dropout")
+        layer["class_name"] = "Lambda"
+        layer["config"] = {
+            "name": "dropout",
+            "function": [base64.b64encode(code).decode("ascii"), None, None],
+            "function_type": "lambda",
+            "module": "__main__",
+            "output_shape": None,
+            "arguments": {},
+        }
+        handle.attrs["model_config"] = json.dumps(config)
+    return target

@@ -9,17 +9,12 @@ course models hold them (`lambda x: x / 255.0 - 0.5`, compiled by Python 3.5).
 from __future__ import annotations
 
 import base64
-import json
 import marshal
-import shutil
 import struct
-from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
-from conftest import FIXTURES
-from helpers import as_numpy
+from helpers import as_numpy, keras2_file_with_lambda
 
 from normify.errors import ModelLoadError
 from normify.formats import bytecode
@@ -143,30 +138,10 @@ def test_code_this_python_reads_is_left_as_it_is() -> None:
     assert bytecode.translate_lambda(encoded(marshal.dumps((lambda x: x + 1).__code__))) is None
 
 
-def lambda_file(tmp_path: Path, raw: bytes) -> Path:
-    """k2_mlp.h5 with its Dropout turned into a Lambda of the code `raw`."""
-    tmp_path.mkdir()
-    path = tmp_path / "lambda.h5"
-    shutil.copy(FIXTURES / "legacy" / "k2_mlp.h5", path)
-    with h5py.File(path, "r+") as handle:
-        config = json.loads(handle.attrs["model_config"])
-        layer = next(e for e in config["config"]["layers"] if e["class_name"] == "Dropout")
-        layer["class_name"] = "Lambda"
-        layer["config"] = {
-            "name": "dropout",
-            "function": [encoded(raw), None, None],
-            "function_type": "lambda",
-            "output_shape": None,
-            "arguments": {},
-        }
-        handle.attrs["model_config"] = json.dumps(config)
-    return path
-
-
 def test_a_keras2_file_with_a_python35_lambda_loads_as_with_the_function_itself(tmp_path):
-    old = load_model(lambda_file(tmp_path / "old", NORMALIZE_35), safe_mode=False)
+    old = load_model(keras2_file_with_lambda(tmp_path / "old.h5", NORMALIZE_35), safe_mode=False)
     here = marshal.dumps((lambda x: x / 255.0 - 0.5).__code__)
-    native = load_model(lambda_file(tmp_path / "native", here), safe_mode=False)
+    native = load_model(keras2_file_with_lambda(tmp_path / "native.h5", here), safe_mode=False)
     assert (
         "repaired: dropout: Python 3.4 to 3.7 bytecode of `lambda x: ((x / 255.0) - 0.5)` "
         "recompiled for this Python [keras2-lambda-bytecode]"
@@ -176,4 +151,4 @@ def test_a_keras2_file_with_a_python35_lambda_loads_as_with_the_function_itself(
     np.testing.assert_array_equal(got, want)
     # still Python code in the model: safe mode refuses it as any Lambda
     with pytest.raises(ModelLoadError, match="Lambda layer with Python code.*--unsafe"):
-        load_model(lambda_file(tmp_path / "safe", NORMALIZE_35))
+        load_model(keras2_file_with_lambda(tmp_path / "safe.h5", NORMALIZE_35))

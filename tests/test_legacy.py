@@ -9,7 +9,6 @@ Keras 3 reload of all their outputs is one process.
 
 from __future__ import annotations
 
-import codecs
 import copy
 import json
 import marshal
@@ -23,7 +22,7 @@ import h5py
 import numpy as np
 import pytest
 from conftest import FIXTURES
-from helpers import as_numpy, assert_same_weights
+from helpers import as_numpy, assert_same_weights, keras2_file_with_lambda
 
 import normify
 from normify import formats
@@ -284,22 +283,8 @@ def test_tf_keras_weights_layouts_keras3_misreads_are_read_bit_for_bit(tmp_path,
 def test_a_lambda_whose_bytecode_this_python_cannot_read_is_named(tmp_path, damage):
     """Keras 2 stored a Lambda's function as marshalled bytecode, which another Python
     version cannot read; the error must name the layer, not call the file truncated."""
-    path = tmp_path / "lambda.h5"
-    shutil.copy(LEGACY / "k2_mlp.h5", path)
     code = damage(marshal.dumps((lambda x: x * 2).__code__))
-    with h5py.File(path, "r+") as handle:
-        config = json.loads(handle.attrs["model_config"])
-        layer = next(e for e in config["config"]["layers"] if e["class_name"] == "Dropout")
-        layer["class_name"] = "Lambda"
-        layer["config"] = {
-            "name": "dropout",
-            "function": [codecs.encode(code, "base64").decode("ascii"), None, None],
-            "function_type": "lambda",
-            "module": "__main__",
-            "output_shape": None,
-            "arguments": {},
-        }
-        handle.attrs["model_config"] = json.dumps(config)
+    path = keras2_file_with_lambda(tmp_path / "lambda.h5", code)
     with pytest.raises(ModelLoadError) as raised:
         load_model(path, safe_mode=False)
     message = str(raised.value)
