@@ -20,8 +20,8 @@ from normify.errors import ModelLoadError
 from normify.formats import bytecode
 from normify.loading import load_model
 
-LOAD_FAST, LOAD_CONST, LOAD_GLOBAL, CALL_FUNCTION = 124, 100, 116, 131
-TRUE_DIVIDE, SUBTRACT, MULTIPLY, POWER, SUBSCR, NEGATIVE = 27, 24, 20, 19, 25, 11
+LOAD_FAST, STORE_FAST, LOAD_CONST, LOAD_GLOBAL, CALL_FUNCTION = 124, 125, 100, 116, 131
+TRUE_DIVIDE, SUBTRACT, ADD, MULTIPLY, POWER, SUBSCR, NEGATIVE = 27, 24, 23, 20, 19, 25, 11
 BUILD_SLICE, BUILD_TUPLE, RETURN = 133, 102, 83
 
 
@@ -119,6 +119,20 @@ def test_python38_layout_with_unary_and_power() -> None:
     assert translated is not None and translated[1:] == ("(-(x ** 2))", "3.8 to 3.10")
 
 
+def test_local_variables_set_from_constants_are_inlined() -> None:
+    """`def normalize(x): lo = -0.1; hi = 0.1; return lo + x * (hi - lo) / 255` (Python
+    3.5), as one real Keras 1 file has it."""
+    code = python35(
+        (LOAD_CONST, 1), (STORE_FAST, 1), (LOAD_CONST, 2), (STORE_FAST, 2),
+        (LOAD_FAST, 1), (LOAD_FAST, 0), (LOAD_FAST, 2), (LOAD_FAST, 1), (SUBTRACT,),
+        (MULTIPLY,), (LOAD_CONST, 3), (TRUE_DIVIDE,), (ADD,), (RETURN,),
+    )  # fmt: skip
+    translated = bytecode.translate_lambda(encoded(old_code(code, (None, -0.1, 0.1, 255))))
+    assert translated is not None
+    x = np.linspace(0, 255, 7)
+    np.testing.assert_array_equal(run(translated[0], x), -0.1 + x * (0.1 - -0.1) / 255)
+
+
 @pytest.mark.parametrize(
     "code",
     [
@@ -126,8 +140,9 @@ def test_python38_layout_with_unary_and_power() -> None:
         python35((LOAD_GLOBAL, 0), (LOAD_FAST, 0), (CALL_FUNCTION, 1), (RETURN,)),
         python35((LOAD_FAST, 0), (LOAD_CONST, 1), (TRUE_DIVIDE,)),  # no return
         python35((LOAD_FAST, 0), (LOAD_CONST, 9), (TRUE_DIVIDE,), (RETURN,)),  # no const 9
+        python35((LOAD_FAST, 3), (RETURN,)),  # a local never set
     ],
-    ids=["call", "no-return", "bad-constant"],
+    ids=["call", "no-return", "bad-constant", "unset-local"],
 )
 def test_anything_but_arithmetic_is_left_alone(code: bytes) -> None:
     with pytest.raises(bytecode.Unreadable):

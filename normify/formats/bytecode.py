@@ -6,9 +6,10 @@ the version of most Keras 1 and 2 files). The commonest such Lambda is plain ari
 on its input, `lambda x: x / 255.0 - 0.5` in every self-driving-car course model. Such a
 function is read here without running it: the marshal format is parsed by this module,
 the bytecode is decoded for a small set of instructions (the input, constants, unary and
-binary arithmetic, subscripts with slices), and the expression it computes is compiled
-again by this Python. Anything else (a call, a global such as `K` or `tf`, a closure) is
-left as it was, and loading names the layer and the Python version.
+binary arithmetic, subscripts with slices, local variables set from these), and the
+expression it computes is compiled again by this Python. Anything else (a call, a global
+such as `K` or `tf`, a closure) is left as it was, and loading names the layer and the
+Python version.
 
 Needs neither Keras nor NumPy: it runs within the config translation, which audit uses.
 """
@@ -181,7 +182,8 @@ def read_code(raw: bytes) -> OldCode:
 _UNARY = {10: "+", 11: "-"}
 _BINARY = {19: "**", 20: "*", 22: "%", 23: "+", 24: "-", 26: "//", 27: "/"}
 _SUBSCRIPT, _RETURN, _NOP = 25, 83, 9
-_LOAD_CONST, _BUILD_TUPLE, _LOAD_FAST, _BUILD_SLICE, _EXTENDED_ARG = 100, 102, 124, 133, 144
+_LOAD_CONST, _BUILD_TUPLE, _LOAD_FAST, _STORE_FAST = 100, 102, 124, 125
+_BUILD_SLICE, _EXTENDED_ARG = 133, 144
 _HAVE_ARGUMENT = 90
 
 
@@ -251,13 +253,20 @@ def _evaluate(instructions: list[tuple[int, int]], consts: tuple[Any, ...]) -> s
             raise Unreadable("its bytecode is corrupt")
         return item[1]
 
+    # Local variables other than the input (`lo = -0.1; return lo + x * ...`) hold the
+    # expressions stored in them.
+    local_values: dict[int, str] = {0: "x"}
     for position, (op, argument) in enumerate(instructions):
         if op == _NOP:
             continue
         if op == _LOAD_FAST:
-            if argument != 0:
-                raise Unreadable("it uses a local variable")
-            stack.append(("value", "x"))
+            if argument not in local_values:
+                raise Unreadable("it reads a local variable before setting it")
+            stack.append(("value", local_values[argument]))
+        elif op == _STORE_FAST:
+            if argument == 0:
+                raise Unreadable("it assigns to its input")
+            local_values[argument] = plain(pop())
         elif op == _LOAD_CONST:
             if argument >= len(consts):
                 raise Unreadable("its bytecode is corrupt")
