@@ -16,10 +16,15 @@ Keras changes one of them, this module is what to update.
 - `keras.src.backend.common.global_state`: the saving cache fix below.
 - `keras.src.backend.rnn`: the backend's step loop, the one `keras.layers.RNN.inner_loop`
   runs (no public name), for normify.cells.
+- `keras.src.legacy.saving.saving_utils.MODULE_OBJECTS`: the names Keras' HDF5 loader
+  looks config strings up in (the HDF5 fix below).
 """
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import ModuleType
 from typing import Any
 
@@ -110,3 +115,39 @@ def mend_saving_cache() -> None:
             except Exception:
                 return
             global_state.set_global_attribute(key, skipset)
+
+
+@contextmanager
+def hdf5_config_strings_kept() -> Iterator[None]:
+    """Keep Keras' HDF5 loader from turning config strings into functions.
+
+    Keras 3.15's legacy HDF5 loader looks every string of a layer's config up among the
+    names of `keras.layers` and replaces one that names a function by that function:
+    `Attention(score_mode="dot")` gets the function `keras.layers.dot` and is refused, so
+    Keras cannot load its own `.h5` file of a model with an Attention layer. For the
+    duration, the names it looks up are the classes alone (the classes are what those
+    configs name; the strings stay strings, as Keras 3's layers take them).
+    """
+    try:
+        from keras.src import layers, models
+        from keras.src.legacy.saving import saving_utils
+    except ImportError:
+        yield
+        return
+    names = saving_utils.MODULE_OBJECTS
+    had, before = hasattr(names, "ALL_OBJECTS"), getattr(names, "ALL_OBJECTS", None)
+    classes = {key: value for key, value in vars(layers).items() if not inspect.isfunction(value)}
+    classes.update(
+        InputLayer=layers.InputLayer,
+        Functional=models.Functional,
+        Model=models.Model,
+        Sequential=models.Sequential,
+    )
+    names.ALL_OBJECTS = classes
+    try:
+        yield
+    finally:
+        if had:
+            names.ALL_OBJECTS = before
+        else:
+            del names.ALL_OBJECTS

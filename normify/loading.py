@@ -29,7 +29,7 @@ from normify.errors import ModelLoadError, NormifyError, first_line
 from normify.files import KERAS, ModelFile, count_layers, read_model_file
 from normify.formats import Origin, Translation
 from normify.formats.base import Context
-from normify.keras_internals import mend_saving_cache
+from normify.keras_internals import hdf5_config_strings_kept, mend_saving_cache
 from normify.kinds import library_of
 
 
@@ -174,7 +174,11 @@ def _load_keras3(
 
     def load(compile: bool) -> Any:
         mend_saving_cache()
-        with warnings.catch_warnings(), _keras_suffixed(path, model_file.format) as named:
+        with (
+            warnings.catch_warnings(),
+            _keras_suffixed(path, model_file.format) as named,
+            hdf5_config_strings_kept(),
+        ):
             warnings.simplefilter("ignore")
             return keras_module.saving.load_model(
                 named, custom_objects=custom_objects, compile=compile, safe_mode=safe_mode
@@ -415,6 +419,9 @@ def _first_failing_layer(
 
     from normify.formats.base import is_entry, is_model_entry, layer_name, layers_of
 
+    # HDF5 configs name Keras' classes without their module, as in Keras' own HDF5 loader.
+    known = {name: value for name, value in vars(keras.layers).items() if isinstance(value, type)}
+    known.update(custom_objects or {})
     pending = [("", config)]
     while pending:
         prefix, model = pending.pop(0)
@@ -429,7 +436,7 @@ def _first_failing_layer(
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     keras.saving.deserialize_keras_object(
-                        entry, custom_objects=custom_objects, safe_mode=safe_mode
+                        entry, custom_objects=known, safe_mode=safe_mode
                     )
             except Exception as error:
                 cause = _unwrapped(error)
