@@ -17,6 +17,7 @@ import os
 import struct
 import sys
 import zipfile
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -205,7 +206,7 @@ def _read_keras_file(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
         listed = archive.namelist()
         names = set(listed)
         if len(names) != len(listed):
-            twice = sorted({name for name in listed if listed.count(name) > 1})
+            twice = sorted(name for name, count in Counter(listed).items() if count > 1)
             # Readers disagree on which of two same-named members they read (Keras and
             # zipfile take the last), so such an archive can show one reader other
             # weights or config than another: a file made to mislead.

@@ -150,7 +150,7 @@ def computes_in_half_precision(config: dict[str, Any]) -> bool:
     dtype = config.get("dtype")
     if isinstance(dtype, dict):
         dtype = (dtype.get("config") or {}).get("name")
-    return isinstance(dtype, str) and dtype.endswith(("float16", "bfloat16"))
+    return isinstance(dtype, str) and dtype.endswith("float16")  # bfloat16 included
 
 
 def plain_dtype(config: dict[str, Any]) -> Any:

@@ -147,14 +147,15 @@ class _Reader:
         raise Unreadable(f"its code holds a value of marshal type {kind!r}")
 
     def _code(self) -> OldCode:
-        counts = [self.int32() for _ in range(5)]
+        argcount = self.int32()
+        for _ in range(4):
+            self.int32()
         # Python 3.8 to 3.10 put posonlyargcount second: then a sixth count comes where
         # Python 3.4 to 3.7 have the bytecode (marshal type 's').
         if self.peek_type() == ord("s"):
             pythons = "3.4 to 3.7"
-            argcount = counts[0]
         else:
-            pythons, argcount = "3.8 to 3.10", counts[0]
+            pythons = "3.8 to 3.10"
             self.int32()
         code = self.value()
         consts, _names, _varnames, freevars, _cellvars = (self.value() for _ in range(5))

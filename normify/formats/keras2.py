@@ -477,15 +477,11 @@ def recurrent_initial_state(site: Site, context: Context) -> None:
         # Keras 3 builds it from the sequence's shape.
         text = f"{len(first) - 1} initial state(s) passed as extra inputs -> initial_state"
         build = site.entry.get("build_config")
-        shapes = build.get("input_shape") if isinstance(build, dict) else None
-        if (
-            isinstance(build, dict)
-            and isinstance(shapes, list)
-            and shapes
-            and isinstance(shapes[0], list)
-        ):
-            build["input_shape"] = shapes[0]
-            text += " (built from the sequence's shape alone)"
+        if isinstance(build, dict):
+            shapes = build.get("input_shape")
+            if isinstance(shapes, list) and shapes and isinstance(shapes[0], list):
+                build["input_shape"] = shapes[0]
+                text += " (built from the sequence's shape alone)"
         context.repaired("keras2-initial-state", site.path, text)
 
 
