@@ -3,7 +3,8 @@
 scikit-learn's bundled digits (1,797 images of 8x8 pixels, 10 classes) and a Dense
 network of 12 sigmoid layers. Trained plainly for a few epochs it barely learns: the
 gradients vanish through the sigmoids. That is the model "you already have". Then, from
-the same saved model and with the same optimizer, fine-tune for 15 epochs:
+the same saved model and with the same optimizer (SGD with momentum, its learning rate
+decaying along a cosine to 0 over the fine-tuning), fine-tune for 15 epochs:
 
 1. plain: the model as it is;
 2. `normify add --init fresh`: a BatchNormalization before every sigmoid (gamma 1,
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from dataclasses import dataclass, field
@@ -78,11 +80,16 @@ def sigmoid_mlp(depth: int = DEPTH, width: int = WIDTH) -> Any:
     return keras.Model(inputs, outputs, name="deep_sigmoid_mlp")
 
 
-def _compile(model: Any, learning_rate: float) -> None:
+def _compile(model: Any, learning_rate: float, decay_steps: int | None = None) -> None:
+    """SGD with momentum; with `decay_steps`, the rate follows a cosine down to 0 over them
+    (the fine-tuning schedule, the same for every route)."""
     import keras
 
+    rate: Any = learning_rate
+    if decay_steps:
+        rate = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps)
     model.compile(
-        optimizer=keras.optimizers.SGD(learning_rate, momentum=0.9),
+        optimizer=keras.optimizers.SGD(rate, momentum=0.9),
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
     )
@@ -112,7 +119,7 @@ def fine_tune(
                 exact = normify.recalibrate(self.model, data=x_train, max_samples=len(x_train))
                 run.recalibrated.append(_accuracy(exact.model, x_val, y_val))
 
-    _compile(model, learning_rate)
+    _compile(model, learning_rate, decay_steps=epochs * math.ceil(len(x_train) / BATCH_SIZE))
     model.fit(
         x_train, y_train, epochs=epochs, batch_size=BATCH_SIZE, shuffle=True, verbose=0,
         callbacks=[Record()],
