@@ -41,7 +41,7 @@ jax_cache = JAX_COMPILATION_CACHE_DIR=$(abspath $(1))/jax-cache \
 	JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0 JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES=0
 
 test: install lint
-	$(call jax_cache,$(VENV)) $(BIN)/python -m pytest -q -n 2 --dist loadgroup --durations=20
+	$(call jax_cache,$(VENV)) $(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=20
 
 # The same suite on another Keras backend, in an environment of its own without
 # TensorFlow: `make test-backend BACKEND=jax` or `BACKEND=torch`.
@@ -57,7 +57,7 @@ $(BACKEND_VENV)/bin/normify: pyproject.toml
 # Every test runs; the random-architecture property tests draw 8 models instead of 25.
 test-backend: $(BACKEND_VENV)/bin/normify
 	KERAS_BACKEND=$(BACKEND) NORMIFY_PROPERTY_EXAMPLES=8 $(call jax_cache,$(BACKEND_VENV)) \
-		$(BACKEND_VENV)/bin/python -m pytest -q -n 2 --dist loadgroup --durations=20
+		$(BACKEND_VENV)/bin/python -m pytest -q -n 2 --dist loadfile --durations=20
 
 clean:
 	rm -rf $(VENV) .venv-jax .venv-torch build .pytest_cache

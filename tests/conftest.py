@@ -24,25 +24,3 @@ FIXTURE_NAMES = sorted(MANIFEST)
 def manifest() -> dict:
     return MANIFEST
 
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Keep the tests that share a module-scoped fixture on one xdist worker.
-
-    Under `--dist loadgroup` (the Makefile's), tests spread over the workers one by one, so
-    a module's costly fixture (Keras applications built and folded, the fuzz's child
-    processes, files saved once and reloaded) would be built again on every worker that
-    runs one of its tests; and a test that reads what its module's other tests collected
-    (`test_properties`' reload check) must run where they ran.
-    """
-    for item in items:
-        definitions = getattr(item, "_fixtureinfo", None)
-        if definitions is None:
-            continue
-        shared = [
-            name
-            for name in item.fixturenames
-            for fixture in definitions.name2fixturedefs.get(name, ())
-            if fixture.scope == "module"
-        ]
-        if shared:
-            item.add_marker(pytest.mark.xdist_group(item.module.__name__))

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import as_numpy, max_relative_difference
+from helpers import as_numpy, infer, max_relative_difference
 
 import normify
 from normify.drift import random_inputs
@@ -180,11 +180,15 @@ def test_keras_applications_keep_predictions(application):
     feed = np.random.default_rng(0).standard_normal((2, 96, 96, 3)).astype("float32")
     # compare the pooled features (every inserted norm sits before them) and the logits
     features = "avg_pool"
-    before = keras.Model(model.inputs, model.get_layer(features).output)(feed)
     node = result.model.get_layer(features)._inbound_nodes[-1]
-    after = keras.Model(result.model.inputs, node.output_tensors[0])(feed)
+    before, before_probabilities = infer(
+        keras.Model(model.inputs, [model.get_layer(features).output, *model.outputs]), feed
+    )
+    after, after_probabilities = infer(
+        keras.Model(result.model.inputs, [node.output_tensors[0], *result.model.outputs]), feed
+    )
     before, after = as_numpy(before), as_numpy(after)
     assert np.max(np.abs(before)) > 1e-3
     assert np.max(np.abs(before - after)) <= TOLERANCE * np.max(np.abs(before))
-    probabilities = [as_numpy(model(feed)), as_numpy(result.model(feed))]
+    probabilities = [as_numpy(before_probabilities), as_numpy(after_probabilities)]
     assert np.max(np.abs(probabilities[0] - probabilities[1])) <= TOLERANCE

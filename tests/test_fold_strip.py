@@ -22,6 +22,7 @@ keras = pytest.importorskip("keras")
 from conftest import FIXTURES, MANIFEST  # noqa: E402
 from helpers import (  # noqa: E402
     as_numpy,
+    infer,
     inputs_for,
     is_model,
     layers_by_path,
@@ -457,6 +458,25 @@ def test_fold_batchnorm_that_receives_a_mask():
 # --------------------------------------------------------------- keras.applications
 
 
+def _training_pass(model: Any, images: np.ndarray) -> None:
+    """One training-mode call, for the moving statistics it sets. On JAX compiled whole,
+    as `helpers.infer` does for inference: an eager call compiles op by op."""
+    if keras.backend.backend() != "jax":
+        model(images, training=True)
+        return
+    import jax
+
+    trainable = [variable.value for variable in model.trainable_variables]
+    non_trainable = [variable.value for variable in model.non_trainable_variables]
+
+    def call(trainable: Any, non_trainable: Any, images: Any) -> Any:
+        return model.stateless_call(trainable, non_trainable, images, training=True)[1]
+
+    updated = jax.jit(call)(trainable, non_trainable, images)
+    for variable, value in zip(model.non_trainable_variables, updated, strict=True):
+        variable.assign(value)
+
+
 def _realistic_weights(model: Any, images: np.ndarray, seed: int) -> None:
     """He-normal kernels, gamma ~ U(0.8, 1.2), beta and biases ~ N(0, 0.1); the moving
     statistics are the batch statistics of `images` (one training-mode pass with momentum
@@ -480,7 +500,7 @@ def _realistic_weights(model: Any, images: np.ndarray, seed: int) -> None:
         variable.assign(value.astype("float32"))
     for layer in norms:
         layer.momentum = 0.0
-    model(images, training=True)
+    _training_pass(model, images)
     for layer in norms:
         layer.momentum = 0.99
         mean, variance = layer.moving_mean.numpy(), layer.moving_variance.numpy()
@@ -517,8 +537,7 @@ def applications(tmp_path_factory):
 def test_keras_application_fold_keeps_pooled_features(applications, name):
     _, built = applications
     model, result, images, _ = built[name]
-    before = as_numpy(model(images, training=False))
-    after = as_numpy(result.model(images, training=False))
+    before, after = as_numpy(infer(model, images)), as_numpy(infer(result.model, images))
     assert np.all(np.isfinite(before)) and float(np.std(before)) > 0
     assert relative(before, after) <= APPLICATION_TOLERANCE
     count = sum(isinstance(layer, L.BatchNormalization) for layer in model.layers)
