@@ -40,6 +40,9 @@ lint: install
 jax_cache = JAX_COMPILATION_CACHE_DIR=$(abspath $(1))/jax-cache \
 	JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0 JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES=0
 
+# --dist loadfile: each test file runs on one worker, so a module's costly fixture (Keras
+# applications built and folded, the fuzz's child processes) is built once, and the
+# property tests' fresh-process reload check sees every case its module collected.
 test: install lint
 	$(call jax_cache,$(VENV)) $(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=20
 
