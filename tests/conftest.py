@@ -23,4 +23,3 @@ FIXTURE_NAMES = sorted(MANIFEST)
 @pytest.fixture(scope="session")
 def manifest() -> dict:
     return MANIFEST
-
